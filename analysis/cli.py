@@ -1,0 +1,146 @@
+"""Command line: ``python -m analysis <command> --help``.
+
+Commands
+--------
+train     train DE3-BERT on a data source and keep the best checkpoint
+evaluate  every exit's metric of a checkpoint on a split
+
+Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import DE3Error
+
+DATA_HELP = ("data source: 'bbc' (embedded BBC News, 5 classes), 'glue/<task>' (sst2, mrpc, rte, qnli, qqp, mnli, cola), "
+             "or a CSV/TSV/Parquet/JSONL file")
+
+
+def _column(value: str) -> str | int:
+    """A column named by header or by 0-based index."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, help=DATA_HELP + (" (default: the checkpoint's own)" if not required else ""))
+    g.add_argument("--data-dir", help="local folder in GLUE's TSV layout for glue/<task>, e.g. ../shared/data/glue")
+    g.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
+                   help="text column by name or 0-based index; give twice for sentence pairs (user files)")
+    g.add_argument("--label-column", type=_column, metavar="COL", help="label column by name or 0-based index (user files)")
+    g.add_argument("--no-header", dest="header", action="store_false", default=None,
+                   help="the CSV/TSV file has no header row (choose columns by index)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description="DE3-BERT: distance-enhanced early exiting for BERT.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    t = sub.add_parser("train", help="train DE3-BERT and keep the best checkpoint",
+                       description="Train DE3-BERT (one stage: mean CE over all exits + alpha * DAR, prototype moving "
+                                   "averages). Prints every exit's validation metric after each epoch and the test "
+                                   "metric of the best epoch at the end. Options not listed here go in --config.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_args(t, required=True)
+    t.add_argument("--backbone", default="minilm-l6",
+                   help="'minilm-l6' (offline, ships with pip), a Hugging Face model id, or a local folder")
+    t.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically when it exists)")
+    t.add_argument("--config", help="JSON file {\"model\": {...ModelConfig}, \"train\": {...TrainConfig}}; flags override it")
+    m = t.add_argument_group("model (ModelConfig)")
+    m.add_argument("--pooling", choices=["mean", "cls"], help="token pooling before each exit [default: mean]")
+    m.add_argument("--alpha", type=float, help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
+    m.add_argument("--dar-form", choices=["proto_ce", "ratio", "margin"], help="DAR form [default: proto_ce]")
+    m.add_argument("--max-length", type=int, help="max tokens per input [default: 128]")
+    o = t.add_argument_group("optimisation (TrainConfig)")
+    o.add_argument("--epochs", type=int, help="epochs [default: 3]")
+    o.add_argument("--batch-size", type=int, help="batch size [default: 16]")
+    o.add_argument("--lr-backbone", type=float, help="backbone learning rate [default: 5e-5]")
+    o.add_argument("--lr-heads", type=float, help="exit heads' learning rate [default: 1e-3]")
+    o.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs)")
+    o.add_argument("--max-train-samples", type=int, help="train on a seeded subset of N samples")
+    o.add_argument("--seed", type=int, help="random seed [default: 42]")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="every exit's metric of a checkpoint on a split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
+    _add_data_args(e, required=False)
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--batch-size", type=int, default=64)
+    return parser
+
+
+MODEL_FLAGS = {"pooling": "pooling", "alpha": "alpha", "dar_form": "dar_form", "max_length": "max_length"}
+TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr_backbone": "lr_backbone", "lr_heads": "lr_heads",
+               "max_steps": "max_steps", "seed": "seed"}
+
+
+def _data_kwargs(args) -> dict:
+    kwargs = {"data_dir": args.data_dir, "text_columns": args.text_columns, "label_column": args.label_column, "header": args.header}
+    if getattr(args, "max_train_samples", None) is not None:
+        kwargs["max_train_samples"] = args.max_train_samples
+    return kwargs
+
+
+def cmd_train(args) -> int:
+    from .config import ModelConfig, TrainConfig, read_json
+    from .data import load_data
+    from .training import train
+
+    file_cfg = read_json(args.config) if args.config else {}
+    unknown = sorted(set(file_cfg) - {"model", "train"})
+    if unknown:
+        raise DE3Error(f"{args.config}: unknown section(s) {', '.join(unknown)}; use 'model' and 'train'")
+    model_kw = dict(file_cfg.get("model", {}))
+    train_kw = dict(file_cfg.get("train", {}))
+    model_kw.update({dst: getattr(args, src) for src, dst in MODEL_FLAGS.items() if getattr(args, src) is not None})
+    train_kw.update({dst: getattr(args, src) for src, dst in TRAIN_FLAGS.items() if getattr(args, src) is not None})
+    train_cfg = TrainConfig.from_dict(train_kw, source=args.config or "command line")
+    data_kw = _data_kwargs(args)
+    data = load_data(args.data, seed=train_cfg.seed, **data_kw)
+    model_cfg = ModelConfig.from_dict({**model_kw, "backbone": args.backbone, "label_names": tuple(data.label_names)},
+                                      source=args.config or "command line")
+    data_info = {"spec": args.data, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in data_kw.items()}, "seed": train_cfg.seed}
+    train(model_cfg, train_cfg, data, args.out, device=args.device, data_info=data_info, progress=not args.no_progress)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import batching
+    from .backbones import pick_device
+    from .checkpoint import load_checkpoint, load_checkpoint_data
+    from .training import evaluate
+
+    model, tokenizer = load_checkpoint(args.checkpoint, device=pick_device(args.device))
+    data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
+    split = data.split(args.split)
+    enc = batching.encode_split(tokenizer, split, model.config.max_length)
+    result = evaluate(model, tokenizer, enc, data.metric, args.batch_size, progress=True)
+    print(f"{args.checkpoint} on {data.name} [{args.split}, {len(split)} samples]: {result.format()}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise next to ours
+    try:
+        return COMMANDS[args.command](args)
+    except DE3Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
