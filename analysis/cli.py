@@ -4,6 +4,7 @@ Commands
 --------
 train     train DE3-BERT on a data source and keep the best checkpoint
 evaluate  every exit's metric of a checkpoint on a split
+trace     record every layer's signals for a split into a trace folder
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
 """
@@ -73,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "validation", "test"])
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=64)
+    tr = sub.add_parser("trace", help="record every layer's prediction, entropy, distances and DR for a split",
+                        description="One forward pass through all layers; writes a trace folder (trace.parquet, "
+                                    "samples.parquet, embeddings.npy, prototypes.npy, meta.json) that the app, the "
+                                    "curves and compare commands read.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
+    _add_data_args(tr, required=False)
+    tr.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    tr.add_argument("--out", required=True, help="trace folder to write (replaced atomically when it exists)")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--max-samples", type=int, help="trace only the first N samples of the split")
     return parser
 
 
@@ -126,7 +139,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_trace(args) -> int:
+    from .backbones import pick_device
+    from .checkpoint import load_checkpoint, load_checkpoint_data
+    from .trace import write_trace
+
+    model, tokenizer = load_checkpoint(args.checkpoint, device=pick_device(args.device))
+    data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
+    split = data.split(args.split)
+    if args.max_samples is not None:
+        split = split.subset(range(min(args.max_samples, len(split))))
+    info = {"checkpoint": str(args.checkpoint), "data": data.name, "split": args.split}
+    write_trace(model, tokenizer, split, args.out, label_names=list(data.label_names), metric=data.metric,
+                batch_size=args.batch_size, info=info)
+    print(f"trace of {len(split)} samples x {model.num_layers} layers: {args.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "trace": cmd_trace}
 
 
 def main(argv: list[str] | None = None) -> int:

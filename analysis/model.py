@@ -12,9 +12,6 @@ are pure functions of these outputs, applied elsewhere.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import CheckpointError, DE3Error
+from .io import atomic_dir
 from .signals import ExitSignals, distance_ratio, exit_signals, pairwise_distance
 
 CONFIG_FILE = "config.json"
@@ -238,10 +236,7 @@ class DE3Bert(nn.Module):
         tokenizer. The folder appears whole or not at all: it is written beside, then renamed into place."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as tmp:
             config = self.backbone.config.to_dict()
             config.update(
                 de3=self.config.to_dict(),
@@ -255,11 +250,6 @@ class DE3Bert(nn.Module):
                 tokenizer.save_pretrained(str(tmp))
             for name, payload in (extra_files or {}).items():
                 (tmp / name).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-            _apply_umask(tmp)  # mkdtemp makes a private folder; the checkpoint should not be
-            _replace_dir(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod
@@ -329,22 +319,3 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path
             raise CheckpointError(
                 f"{weights}: tensor {key} has shape {tuple(state[key].shape)}, config.json implies {tuple(tensor.shape)}{hint}"
             )
-
-
-def _apply_umask(folder: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out only once the new one is complete."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)

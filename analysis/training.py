@@ -8,9 +8,7 @@ one class is visible at once; the best epoch's checkpoint is kept.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import sys
 import time
@@ -25,6 +23,7 @@ from . import batching
 from .backbones import load_backbone, load_tokenizer, pick_device
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, compute_metric
+from .io import write_json_atomic
 from .model import DE3Bert
 
 
@@ -230,10 +229,3 @@ def _extras(model_config: ModelConfig, cfg: TrainConfig, data: DataBundle, data_
         "data.json": {"name": data.name, "label_names": list(data.label_names), "metric": data.metric, **(data_info or {})},
         "metrics.json": {"history": history},
     }
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON beside, then rename over: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
