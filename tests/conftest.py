@@ -21,12 +21,12 @@ WORDS = ("good great fine happy love best nice bad awful poor sad hate worst ugl
 
 def make_tiny_backbone(folder: Path, num_layers: int = 3) -> Path:
     """A random 3-layer BERT (hidden 32) with a 50-word vocabulary, saved like a Hugging Face model."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})  # transformers 5: a dict, not a file
+    assert 1 not in tokenizer("good movie")["input_ids"], "tiny tokenizer maps words to [UNK]"
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=4,
                         intermediate_size=37, max_position_embeddings=64)
     torch.manual_seed(0)
