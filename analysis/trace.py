@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -249,12 +249,14 @@ def write_trace(
     chunk_size: int = 2048,
     info: dict | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Trace ``split`` (a ``data.Split``) through every layer of ``model`` into ``out_dir``.
 
     Samples are processed in chunks of ``chunk_size`` in their order; inside a chunk, batches are sorted by
     length so little compute goes to padding. Each chunk's rows are appended to trace.parquet and its
     embeddings written into a memory-mapped .npy, so memory stays bounded however large the split.
+    ``on_progress(done, total)`` is called after every batch (for a UI's progress bar).
     """
     model.eval()
     device = model.device
@@ -282,6 +284,8 @@ def write_trace(
                     chunk_cols.append((local, _rows(out, labels, ids[local])))
                     emb_file[:, ids[local]] = out.embeddings.float().cpu().numpy().astype(np.float16)
                     bar.update(len(local))
+                    if on_progress is not None:
+                        on_progress(bar.n, n)
                 order = np.argsort(np.concatenate([ids[local] for local, _ in chunk_cols]), kind="stable")
                 columns = {k: np.concatenate([c[k] for _, c in chunk_cols]).reshape(-1, num_layers)[order].reshape(-1)
                            for k in chunk_cols[0][1]}
