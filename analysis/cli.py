@@ -5,6 +5,7 @@ Commands
 train     train DE3-BERT on a data source and keep the best checkpoint
 evaluate  every exit's metric of a checkpoint on a split
 trace     record every layer's signals for a split into a trace folder
+compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
 """
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--max-samples", type=int, help="trace only the first N samples of the split")
+    c = sub.add_parser("compact", help="write a small copy of a checkpoint (float16, shared base weights left out)",
+                       description="Copy a checkpoint as float16 and without the backbone tensors that equal the "
+                                   "pretrained backbone (e.g. frozen token embeddings); loads like any checkpoint.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
+    c.add_argument("--out", required=True, help="folder to write")
+    c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
     return parser
 
 
@@ -156,7 +164,25 @@ def cmd_trace(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "trace": cmd_trace}
+def cmd_compact(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+
+    model, tokenizer = load_checkpoint(args.checkpoint)
+    extras = {}
+    for name in ("train_config.json", "data.json", "metrics.json"):
+        path = Path(args.checkpoint) / name
+        if path.is_file():
+            extras[name] = json.loads(path.read_text(encoding="utf-8"))
+    model.save_pretrained(args.out, tokenizer, extra_files=extras, half=args.half, omit_base=True)
+    size = sum(p.stat().st_size for p in Path(args.out).iterdir()) / 2**20
+    print(f"compact checkpoint: {args.out} ({size:.1f} MiB)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "trace": cmd_trace, "compact": cmd_compact}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,11 +231,26 @@ class DE3Bert(nn.Module):
 
     # ---- checkpoints, the Hugging Face way: config.json + model.safetensors + tokenizer files ----
 
-    def save_pretrained(self, folder: str | Path, tokenizer=None, extra_files: dict[str, dict] | None = None) -> Path:
+    def save_pretrained(self, folder: str | Path, tokenizer=None, extra_files: dict[str, dict] | None = None, *,
+                        half: bool = False, omit_base: bool = False) -> Path:
         """Write config.json (backbone config + ``de3`` settings + label names), model.safetensors and the
-        tokenizer. The folder appears whole or not at all: it is written beside, then renamed into place."""
+        tokenizer. The folder appears whole or not at all: it is written beside, then renamed into place.
+
+        For small shipped checkpoints: ``half`` stores floating-point tensors as float16 (loaded back as
+        float32); ``omit_base`` leaves out backbone tensors identical to the pretrained backbone named in the
+        config (e.g. frozen token embeddings), which ``from_pretrained`` then takes from that backbone.
+        """
         from safetensors.torch import save_file
 
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        omitted: list[str] = []
+        if omit_base:
+            base = _base_backbone_state(self.config.backbone)
+            omitted = sorted(k for k, v in state.items() if k.startswith("backbone.")
+                             and k[len("backbone."):] in base and torch.equal(base[k[len("backbone."):]], v))
+            state = {k: v for k, v in state.items() if k not in omitted}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         with atomic_dir(folder) as tmp:
             config = self.backbone.config.to_dict()
             config.update(
@@ -243,8 +258,9 @@ class DE3Bert(nn.Module):
                 id2label={str(i): n for i, n in enumerate(self.config.label_names)},
                 label2id={n: i for i, n in enumerate(self.config.label_names)},
             )
+            if omitted:
+                config["de3_base_weights"] = {"backbone": self.config.backbone, "tensors": omitted}
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
@@ -272,6 +288,7 @@ class DE3Bert(nn.Module):
             raise CheckpointError(f"{folder / CONFIG_FILE}: no 'model_type'; this is not a config written by save_pretrained")
         for key in ("id2label", "label2id"):
             raw.pop(key, None)
+        base_weights = raw.pop("de3_base_weights", None)
         try:
             bcfg = AutoConfig.for_model(model_type, **raw)
         except (ValueError, KeyError) as exc:
@@ -280,10 +297,32 @@ class DE3Bert(nn.Module):
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({exc}); re-save or re-train") from None
+        if base_weights:  # a compact checkpoint: tensors equal to the pretrained backbone were left out
+            base = _base_backbone_state(base_weights["backbone"], needed_by=folder)
+            for key in base_weights["tensors"]:
+                name = key[len("backbone."):]
+                if name not in base:
+                    raise CheckpointError(f"{folder}: base backbone {base_weights['backbone']!r} has no tensor {name}")
+                state[key] = base[name]
         model = cls(config, AutoModel.from_config(bcfg))
+        expected = model.state_dict()
+        state = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
         _check_state(model, state, weights)
         model.load_state_dict(state, strict=True)
         return model.to(map_location).eval()
+
+
+def _base_backbone_state(name: str, needed_by: Path | None = None) -> dict[str, torch.Tensor]:
+    """The pretrained backbone's own tensors, by their names inside the backbone module."""
+    from .backbones import load_backbone
+
+    try:
+        return {k: v.detach() for k, v in load_backbone(name).state_dict().items()}
+    except DE3Error as exc:
+        if needed_by is None:
+            raise
+        raise CheckpointError(f"{needed_by}: this compact checkpoint takes some weights from backbone {name!r}, "
+                              f"which cannot be loaded ({exc})") from None
 
 
 def read_checkpoint_config(folder: Path) -> dict:

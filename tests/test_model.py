@@ -187,3 +187,29 @@ def test_resave_replaces_whole_folder(saved):
     (folder / "stale.txt").write_text("old")
     model.save_pretrained(folder)
     assert not (folder / "stale.txt").exists() and (folder / "model.safetensors").is_file()
+
+
+def test_compact_checkpoint_round_trip(saved, tmp_path):
+    model, _ = saved
+    model.heads[0].classifier.weight.data += 0.5  # a trained head differs from anything in the base
+    compact = model.save_pretrained(tmp_path / "compact", half=True, omit_base=True)
+    config = json.loads((compact / "config.json").read_text())
+    omitted = config["de3_base_weights"]["tensors"]
+    assert "backbone.embeddings.word_embeddings.weight" in omitted  # untouched backbone: taken from the base
+    assert not any(k.startswith("heads.") for k in omitted)
+    loaded = DE3Bert.from_pretrained(compact)
+    assert all(v.dtype != torch.float16 for v in loaded.state_dict().values())
+    inputs = batch(model, 5)
+    assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=5e-3)  # float16 rounding only
+    full = model.save_pretrained(tmp_path / "full")
+    assert (compact / "model.safetensors").stat().st_size < (full / "model.safetensors").stat().st_size / 2
+
+
+def test_compact_checkpoint_needs_its_base(saved, tmp_path):
+    model, _ = saved
+    compact = model.save_pretrained(tmp_path / "compact", omit_base=True)
+    config = json.loads((compact / "config.json").read_text())
+    config["de3_base_weights"]["backbone"] = str(tmp_path / "gone")
+    (compact / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="takes some weights from backbone"):
+        DE3Bert.from_pretrained(compact)
