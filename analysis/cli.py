@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs)")
     o.add_argument("--max-train-samples", type=int, help="train on a seeded subset of N samples")
     o.add_argument("--seed", type=int, help="random seed [default: 42]")
+    o.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
+                   help="also train the token embeddings (frozen by default: faster, and compact checkpoints)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 MODEL_FLAGS = {"pooling": "pooling", "alpha": "alpha", "dar_form": "dar_form", "max_length": "max_length"}
 TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr_backbone": "lr_backbone", "lr_heads": "lr_heads",
-               "max_steps": "max_steps", "seed": "seed"}
+               "max_steps": "max_steps", "seed": "seed", "freeze_embeddings": "freeze_embeddings"}
 
 
 def _data_kwargs(args) -> dict:

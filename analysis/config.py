@@ -85,9 +85,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
-    freeze_embeddings: bool = False  # keep the backbone's token embeddings fixed (smaller checkpoints)
+    freeze_embeddings: bool = True  # token embeddings stay as pretrained: faster steps, compact checkpoints
     select_by: str = "mean"  # keep the epoch with the best "mean" over exits or "last" exit metric
-    eval_every_epoch: bool = True
     num_threads: int | None = None  # torch CPU threads; None = torch's default
 
     def __post_init__(self) -> None:

@@ -190,8 +190,10 @@ def train(
             seen += len(labels)
             losses.append((out.loss.item(), out.ce_loss.item(), out.dar_loss.item()))
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1][0]:.3f}", dar=f"{losses[-1][2]:.3f}",
-                            sps=f"{seen / (time.perf_counter() - epoch_start):.1f}")
+            sps = seen / (time.perf_counter() - epoch_start)
+            bar.set_postfix(epoch=epoch, loss=f"{losses[-1][0]:.3f}", dar=f"{losses[-1][2]:.3f}", sps=f"{sps:.1f}")
+            if not progress and step % max(1, total_steps // 20) == 0:  # no bar: a line every 5 %
+                log(f"step {step}/{total_steps}  loss {losses[-1][0]:.4f}  {sps:.1f} samples/s")
             if step >= total_steps:
                 break
         val = evaluate(model, tokenizer, val_enc, data.metric, cfg.eval_batch_size)
