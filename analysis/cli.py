@@ -6,6 +6,8 @@ train     train DE3-BERT on a data source and keep the best checkpoint
 evaluate  every exit's metric of a checkpoint on a split
 trace     record every layer's signals for a split into a trace folder
 compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
+curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
+compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
 """
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
     c.add_argument("--out", required=True, help="folder to write")
     c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
+
+    from . import curves
+
+    curves.add_cli(sub)  # curves, compare
     return parser
 
 
@@ -194,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise next to ours
     try:
-        return COMMANDS[args.command](args)
+        handler = getattr(args, "handler", None) or COMMANDS[args.command]
+        return handler(args)
     except DE3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

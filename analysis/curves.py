@@ -1,0 +1,755 @@
+"""Metric vs speed-up of every exit policy (spec §5–§7), as pure functions of a trace.
+
+Definitions (spec §6), used everywhere in this module:
+
+    speed-up        L / mean exit layer  (= L·N / Σ_i i·N_i, N_i samples leave at layer i)
+    saved fraction  1 − mean exit layer / L  (what some papers print and call "speed-up")
+    FLOPs ratio     early-exit FLOPs / full-model FLOPs, summed over the samples (``cost.CostModel``)
+    frontier        F(s) = the best metric among a policy's settings whose speed-up is ≥ s
+    AUC             (1 / (s_max − 1)) ∫_1^s_max F(s) ds: the frontier's mean metric over speed-ups 1..s_max
+                    (default s_max = 3); NaN when the policy cannot reach s_max
+
+How the sweep is fast and still exact. For a threshold policy the test at layer m is ``signal_m < τ``
+(max-probability: ``−max_prob_m < −τ``; PCEE: the largest entropy of the last ``patience`` layers ``< τ``).
+A sample has left by layer m iff the *running minimum* of its signal up to m is below τ, so with the
+thresholds sorted, the settings at which a sample leaves at layer e form one contiguous range. Adding +1 at
+the range's start and −1 at its end (``np.bincount``) and a cumulative sum over thresholds gives, for every
+threshold at once, the confusion matrix, the exit counts and the FLOPs — O(N·L) work instead of O(N·L·T).
+Thresholds are compared in the signal's dtype, exactly as ``numpy`` does in ``policies.exit_mask``; the tests
+check every row against ``decide_exits``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DE3Error
+from .policies import (
+    POLICIES,
+    POLICY_LABELS,
+    ExitPolicy,
+    decide_exits,
+    exit_mask,
+    first_exit,
+)
+from .signals import edr
+
+DEFAULT_LAMBDAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+DEFAULT_SPEEDUPS = (1.5, 2.0, 3.0)
+DEFAULT_MAX_SPEEDUP = 3.0
+N_QUANTILES = 100
+PCEE_PATIENCES = (1, 2, 3)
+THRESHOLD_POLICIES = ("de3", "dr", "entropy", "maxprob", "pcee")
+CURVE_COLUMNS = ("policy", "label", "tau", "lambda_", "patience", "layer",
+                 "speedup", "saved_fraction", "metric", "mean_exit_layer", "flops_ratio")
+_TOL = 1e-9  # relative slack when asking whether a speed-up reaches a target (12/6 must count as 2x)
+
+
+class CurveError(DE3Error, ValueError):
+    """Curves or a comparison were asked for something the data cannot give (unknown λ, bad speed-ups...)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scores from confusion matrices
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _confusion(labels: np.ndarray, answers: np.ndarray, num_labels: int) -> np.ndarray:
+    """Confusion counts [true, predicted] of every column of ``answers``: (N,), (N, S) -> (S, K, K)."""
+    k2 = num_labels * num_labels
+    settings = answers.shape[1]
+    cell = labels[:, None].astype(np.int64) * num_labels + answers  # (N, S)
+    keys = (np.arange(settings) * k2 + cell).ravel()
+    return np.bincount(keys, minlength=settings * k2).reshape(settings, num_labels, num_labels)
+
+
+def score(metric: str, confusion: np.ndarray) -> np.ndarray:
+    """A task metric from confusion matrices, as ``data.compute_metric`` computes it from labels.
+
+    Parameters
+    ----------
+    metric : {"accuracy", "f1", "mcc"}
+        Accuracy; binary F1 of class 1 (0.0 when undefined); Matthews correlation (0.0 when undefined).
+    confusion : array (S, K, K) or (K, K)
+        Counts indexed [true label, predicted label].
+
+    Returns
+    -------
+    ndarray (S,) float64, or a float for a single (K, K) matrix.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    single = c.ndim == 2
+    c = c[None] if single else c  # (S, K, K)
+    n = c.sum((1, 2))
+    correct = np.trace(c, axis1=1, axis2=2)
+    true_sum, pred_sum = c.sum(2), c.sum(1)  # (S, K) each
+    if metric == "accuracy":
+        out = correct / n
+    elif metric == "f1":
+        tp = c[:, 1, 1]
+        denom = true_sum[:, 1] + pred_sum[:, 1]  # 2 tp + fp + fn
+        out = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    elif metric == "mcc":
+        cov_tp = correct * n - (true_sum * pred_sum).sum(1)
+        cov_pp = n * n - (pred_sum * pred_sum).sum(1)
+        cov_tt = n * n - (true_sum * true_sum).sum(1)
+        denom = cov_tt * cov_pp
+        out = np.divide(cov_tp, np.sqrt(denom, where=denom > 0, out=np.ones_like(denom)),
+                        out=np.zeros_like(denom), where=denom > 0)
+    else:
+        raise CurveError(f"unknown metric {metric!r}; choose one of accuracy, f1, mcc")
+    return float(out[0]) if single else out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluating policies
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every evaluation of one trace reads, gathered once."""
+
+    metric: str
+    labels: np.ndarray  # (N,) int64
+    pred: np.ndarray  # (N, L) int64
+    cell: np.ndarray  # (N, L) confusion cell label*K + pred of each layer's answer
+    cost: np.ndarray  # (N, L) FLOPs of sample n when it leaves at layer e
+    full_flops: float  # the full model's FLOPs over all samples
+    num_labels: int
+
+    @classmethod
+    def of(cls, trace) -> _Context:
+        labels = np.asarray(trace.labels, dtype=np.int64)
+        pred = np.asarray(trace.wide["pred"], dtype=np.int64)
+        k, num_layers = trace.num_labels, trace.num_layers
+        layers = np.arange(1, num_layers + 1)[:, None]  # (L, 1) broadcasts against (N,) token counts
+        cost = trace.cost.early_exit(layers, trace.n_tokens).T  # (N, L)
+        return cls(trace.metric, labels, pred, labels[:, None] * k + pred, np.ascontiguousarray(cost),
+                   float(trace.cost.full(trace.n_tokens).sum()), k)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pred.shape
+
+
+@dataclass(frozen=True)
+class _Totals:
+    """Sums over samples for S settings."""
+
+    confusion: np.ndarray  # (S, K, K)
+    counts: np.ndarray  # (S, L) samples leaving at each layer
+    flops: np.ndarray  # (S,)
+
+
+def _exit_totals(ctx: _Context, exit_layer: np.ndarray) -> _Totals:
+    """Totals from explicit exit layers (N, S), 1-based."""
+    num_layers = ctx.shape[1]
+    settings = exit_layer.shape[1]
+    e0 = exit_layer.astype(np.int64) - 1  # (N, S)
+    k2 = ctx.num_labels ** 2
+    cell = np.take_along_axis(ctx.cell, e0, axis=1)  # (N, S)
+    confusion = np.bincount((np.arange(settings) * k2 + cell).ravel(), minlength=settings * k2)
+    counts = np.bincount((np.arange(settings) * num_layers + e0).ravel(), minlength=settings * num_layers)
+    flops = np.take_along_axis(ctx.cost, e0, axis=1).sum(0)
+    return _Totals(confusion.reshape(settings, ctx.num_labels, ctx.num_labels),
+                   counts.reshape(settings, num_layers), flops)
+
+
+def _threshold_totals(ctx: _Context, runmin: np.ndarray, taus: np.ndarray) -> _Totals:
+    """Totals for every threshold at once, from the running minimum (N, L-1) of an exit signal.
+
+    ``taus`` are sorted, unique and of ``runmin``'s dtype. Sample n leaves by layer m at threshold j iff
+    runmin[n, m] < taus[j], i.e. iff j >= searchsorted(taus, runmin[n, m], "right").
+    """
+    n, num_layers = ctx.shape
+    t = len(taus)
+    bounds = np.empty((n, num_layers + 1), dtype=np.int64)  # (N, L+1), non-increasing along a row
+    bounds[:, 0] = t
+    bounds[:, 1:num_layers] = np.searchsorted(taus, runmin, side="right")
+    bounds[:, num_layers] = 0
+    lo, hi = bounds[:, 1:], bounds[:, :-1]  # (N, L): the sample leaves at layer e for thresholds lo..hi-1
+    keep = lo < hi
+    lo, hi = lo[keep], hi[keep]
+    layer0 = np.broadcast_to(np.arange(num_layers), (n, num_layers))[keep]
+    cell, cost = ctx.cell[keep], ctx.cost[keep]
+
+    def spread(start: np.ndarray, stop: np.ndarray, width: int, weights=None) -> np.ndarray:
+        """+w at each range's start, -w at its end, summed over thresholds: (T, width)."""
+        size = (t + 1) * width
+        delta = np.bincount(start, weights, minlength=size) - np.bincount(stop, weights, minlength=size)
+        return np.cumsum(delta.reshape(t + 1, width), axis=0)[:t]
+
+    k2 = ctx.num_labels ** 2
+    counts = spread(lo * num_layers + layer0, hi * num_layers + layer0, num_layers)
+    confusion = spread(lo * k2 + cell, hi * k2 + cell, k2).reshape(t, ctx.num_labels, ctx.num_labels)
+    flops = spread(lo, hi, 1, cost)[:, 0]
+    return _Totals(confusion, counts, flops)
+
+
+def _summaries(ctx: _Context, totals: _Totals) -> dict[str, np.ndarray]:
+    """The curve columns (S,) from totals."""
+    n, num_layers = ctx.shape
+    mean_exit = (totals.counts @ np.arange(1, num_layers + 1)) / n
+    return {
+        "speedup": num_layers / mean_exit,
+        "saved_fraction": 1.0 - mean_exit / num_layers,
+        "metric": score(ctx.metric, totals.confusion),
+        "mean_exit_layer": mean_exit,
+        "flops_ratio": totals.flops / ctx.full_flops,
+    }
+
+
+def evaluate_policy(trace, policy: ExitPolicy) -> dict:
+    """Speed-up, metric and cost of one policy setting on a trace.
+
+    Parameters
+    ----------
+    trace : Trace
+    policy : ExitPolicy
+
+    Returns
+    -------
+    dict
+        ``speedup`` (L / mean exit layer), ``saved_fraction`` (1 − mean exit layer / L), ``metric`` (the
+        trace's task metric of the exit answers), ``mean_exit_layer``, ``flops_ratio`` (early-exit over
+        full-model FLOPs) and ``exit_counts`` (list: samples leaving at layers 1..L).
+    """
+    decision = decide_exits(trace.wide, policy)
+    num_layers = trace.num_layers
+    mean_exit = float(decision.exit_layer.mean())
+    confusion = _confusion(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
+                           trace.num_labels)
+    return {
+        "speedup": num_layers / mean_exit,
+        "saved_fraction": 1.0 - mean_exit / num_layers,
+        "metric": score(trace.metric, confusion[0]),
+        "mean_exit_layer": mean_exit,
+        "flops_ratio": trace.cost.ratio(decision.exit_layer, trace.n_tokens),
+        "exit_counts": np.bincount(decision.exit_layer - 1, minlength=num_layers).tolist(),
+    }
+
+
+def per_layer_metric(trace) -> pd.DataFrame:
+    """Each exit's metric if every sample answered there: columns ``layer``, ``speedup`` (L / layer), ``metric``."""
+    ctx = _Context.of(trace)
+    num_layers = ctx.shape[1]
+    layers = np.arange(1, num_layers + 1)
+    metric = score(ctx.metric, _confusion(ctx.labels, ctx.pred, ctx.num_labels))
+    return pd.DataFrame({"layer": layers, "speedup": num_layers / layers, "metric": metric})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grids and the sweep
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _exit_signal(wide, name: str, lambda_: float, patience: int) -> np.ndarray:
+    """The (N, L) signal whose test is ``signal < τ'`` (τ' = −τ for maxprob), as ``exit_mask`` decides it."""
+    if name == "de3":
+        return edr(np.asarray(wide["dr"]), np.asarray(wide["entropy"]), lambda_)
+    if name in ("dr", "entropy"):
+        return np.asarray(wide[name])
+    if name == "maxprob":
+        return -np.asarray(wide["max_prob"])  # max_prob > τ  <=>  −max_prob < −τ (negation is exact)
+    if name == "pcee":  # entropy < τ for `patience` layers in a row  <=>  their largest entropy < τ
+        ent = np.asarray(wide["entropy"])
+        window = ent.copy()
+        for shift in range(1, patience):
+            window[:, shift:] = np.maximum(window[:, shift:], ent[:, :-shift])
+        window[:, : patience - 1] = np.inf  # fewer than `patience` layers so far: never
+        return window
+    raise CurveError(f"{name} is not a threshold policy")
+
+
+def _running_min(signal: np.ndarray) -> np.ndarray:
+    """Running minimum over the layers that may exit early: (N, L) -> (N, L-1). NaN never passes a test."""
+    return np.fmin.accumulate(signal[:, :-1], axis=1)
+
+
+def _signal_taus(name: str, taus: Sequence[float], dtype) -> np.ndarray:
+    """Policy thresholds as compared with the signal: in its dtype, negated for maxprob."""
+    sign = -1.0 if name == "maxprob" else 1.0
+    return (sign * np.asarray(taus, dtype=np.float64)).astype(dtype)
+
+
+def _threshold_grid(trace, name: str, *, lambda_: float = 1.0, patience: int = 2,
+                    n_quantiles: int = N_QUANTILES) -> list[ExitPolicy]:
+    """Thresholds from the data: quantiles of the running-minimum signal at layers < L, plus "exit no one"
+    (0; max-probability 1) and "exit everyone at layer 1" (+inf; max-probability −inf).
+
+    The mean exit layer is 1 + (1/N)·#{(n, m < L): runmin[n, m] >= τ}, so quantiles of the running minimum
+    space the settings evenly in mean exit layer.
+    """
+    signal = _exit_signal(trace.wide, name, lambda_, patience)
+    values = _running_min(signal)
+    values = values[np.isfinite(values)].astype(np.float64)
+    natural_none = -1.0 if name == "maxprob" else 0.0  # every signal is >= 0 (max-probability: -max_prob >= -1)
+    nobody = min(natural_none, values.min()) if values.size else natural_none
+    quantiles = np.quantile(values, np.linspace(0.0, 1.0, n_quantiles)) if values.size else np.empty(0)
+    grid = np.unique(np.concatenate([[nobody], quantiles, [np.inf]]).astype(signal.dtype))
+    sign = -1.0 if name == "maxprob" else 1.0
+    kwargs = {"lambda_": lambda_} if name == "de3" else {"patience": patience} if name == "pcee" else {}
+    return [ExitPolicy(name, tau=sign * float(t), **kwargs) for t in grid]
+
+
+def default_grid(trace, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS, n_quantiles: int = N_QUANTILES,
+                 pcee_patiences: Sequence[int] = PCEE_PATIENCES) -> list[ExitPolicy]:
+    """Every policy's parameter sweep on ``trace``.
+
+    Parameters
+    ----------
+    trace : Trace
+    lambdas : EDR weights for DE3-BERT, each swept over its own thresholds.
+    n_quantiles : thresholds per threshold sweep (quantiles of the running-minimum signal; see
+        ``_threshold_grid``), plus the two that exit no one early and everyone at layer 1.
+    pcee_patiences : PCEE patience values, each swept over thresholds.
+
+    Returns
+    -------
+    list of ExitPolicy
+        de3 (per λ), dr, entropy, maxprob: thresholds; pabee: patience 1..L-1; pcee: patience × thresholds;
+        static: layers 1..L; oracle once.
+    """
+    num_layers = trace.num_layers
+    grid: list[ExitPolicy] = []
+    for lam in lambdas:
+        grid += _threshold_grid(trace, "de3", lambda_=float(lam), n_quantiles=n_quantiles)
+    for name in ("dr", "entropy", "maxprob"):
+        grid += _threshold_grid(trace, name, n_quantiles=n_quantiles)
+    grid += [ExitPolicy("pabee", patience=t) for t in range(1, num_layers)]
+    for t in pcee_patiences:
+        grid += _threshold_grid(trace, "pcee", patience=int(t), n_quantiles=n_quantiles)
+    grid += [ExitPolicy("static", layer=k) for k in range(1, num_layers + 1)]
+    grid.append(ExitPolicy("oracle"))
+    return grid
+
+
+def _vectorisable(policy: ExitPolicy) -> bool:
+    """Threshold policies whose τ numpy compares in the signal's dtype (a Python number, not NaN)."""
+    return (policy.name in THRESHOLD_POLICIES and type(policy.tau) in (float, int)
+            and not math.isnan(policy.tau))
+
+
+def sweep(trace, policies: Sequence[ExitPolicy] | None = None) -> pd.DataFrame:
+    """Evaluate many policy settings on a trace at once.
+
+    Parameters
+    ----------
+    trace : Trace
+    policies : settings to evaluate; default ``default_grid(trace)``.
+
+    Returns
+    -------
+    DataFrame
+        One row per setting, in the given order, with ``CURVE_COLUMNS``: ``policy``, ``label``, the
+        parameters ``tau``, ``lambda_``, ``patience``, ``layer`` (NaN where the policy does not use one), and
+        ``speedup``, ``saved_fraction``, ``metric``, ``mean_exit_layer``, ``flops_ratio`` as in
+        ``evaluate_policy``.
+    """
+    policies = default_grid(trace) if policies is None else list(policies)
+    ctx = _Context.of(trace)
+    stats = {c: np.full(len(policies), np.nan) for c in CURVE_COLUMNS[6:]}
+
+    def put(indices: list[int], summary: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        for col, values in summary.items():
+            stats[col][indices] = values[rows]
+
+    groups: dict[tuple, list[int]] = {}
+    direct: list[int] = []
+    for i, p in enumerate(policies):
+        if _vectorisable(p):
+            key = (p.name, p.lambda_ if p.name == "de3" else 0.0, p.patience if p.name == "pcee" else 1)
+            groups.setdefault(key, []).append(i)
+        else:
+            direct.append(i)
+    for (name, lam, patience), indices in groups.items():
+        signal = _exit_signal(trace.wide, name, lam, patience)  # (N, L)
+        taus = _signal_taus(name, [policies[i].tau for i in indices], signal.dtype)
+        unique, inverse = np.unique(taus, return_inverse=True)
+        put(indices, _summaries(ctx, _threshold_totals(ctx, _running_min(signal), unique)), inverse.ravel())
+    if direct:
+        exits = np.stack([first_exit(exit_mask(policies[i], trace.wide)) for i in direct], axis=1)  # (N, S)
+        put(direct, _summaries(ctx, _exit_totals(ctx, exits)), np.arange(len(direct)))
+
+    params = {k: [_param(p, k) for p in policies] for k in ("tau", "lambda_", "patience", "layer")}
+    frame = pd.DataFrame({"policy": [p.name for p in policies], "label": [p.label for p in policies],
+                          **{k: np.asarray(v, dtype=np.float64) for k, v in params.items()}, **stats})
+    return frame[list(CURVE_COLUMNS)]
+
+
+def _param(policy: ExitPolicy, name: str) -> float:
+    """A policy's parameter as a float, NaN when the policy does not use it."""
+    return float(policy.params().get(name, np.nan))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Frontiers, matched speed-ups, AUC
+# ---------------------------------------------------------------------------------------------------------
+
+
+def frontier(curve_df: pd.DataFrame, policy: str, lambda_: float | None = None) -> pd.DataFrame:
+    """The upper envelope of one policy's curve: the best metric at a speed-up ≥ s.
+
+    Parameters
+    ----------
+    curve_df : a ``sweep`` result.
+    policy : policy name; every setting of it is pooled (PCEE: all patience values and thresholds).
+    lambda_ : for ``de3``, which λ (required when the curves hold more than one).
+
+    Returns
+    -------
+    DataFrame
+        ``speedup`` (ascending, unique) and ``metric``: F(s) for s in (previous speed-up, this speed-up] is
+        the row's metric; non-increasing. Beyond the last speed-up the policy cannot go.
+    """
+    rows = curve_df[curve_df["policy"] == policy]
+    if policy == "de3":
+        lams = np.unique(rows["lambda_"].to_numpy(dtype=np.float64))
+        if lambda_ is None and len(lams) > 1:
+            raise CurveError(f"the curves hold DE3-BERT at several λ ({', '.join(f'{v:g}' for v in lams)}); pick one")
+        if lambda_ is not None:
+            rows = rows[np.isclose(rows["lambda_"].to_numpy(dtype=np.float64), lambda_, rtol=1e-12, atol=0.0)]
+    if rows.empty:
+        what = f"{policy} with λ={lambda_:g}" if policy == "de3" and lambda_ is not None else policy
+        raise CurveError(f"the curves have no rows for {what}; sweep it first")
+    best = rows.groupby("speedup")["metric"].max().sort_index()  # one point per speed-up
+    envelope = best[::-1].cummax()[::-1]  # best over every point at this speed-up or beyond
+    return pd.DataFrame({"speedup": envelope.index.to_numpy(dtype=np.float64),
+                         "metric": envelope.to_numpy(dtype=np.float64)})
+
+
+def best_metric_at(front: pd.DataFrame, speedup: float) -> float:
+    """F(s) of a ``frontier``: the best metric at a speed-up ≥ ``speedup``; NaN if the policy never gets there."""
+    reach = front["speedup"].to_numpy() >= speedup * (1 - _TOL)
+    return float(front["metric"].to_numpy()[reach].max()) if reach.any() else math.nan
+
+
+def frontier_auc(front: pd.DataFrame, max_speedup: float = DEFAULT_MAX_SPEEDUP) -> float:
+    """Area under the frontier between speed-up 1 and ``max_speedup``, divided by the range.
+
+    That is the frontier's mean metric over speed-ups 1..max_speedup (same units as the metric). NaN when
+    the policy's largest speed-up is below ``max_speedup``.
+    """
+    s, m = front["speedup"].to_numpy(), front["metric"].to_numpy()
+    if max_speedup <= 1:
+        raise CurveError(f"max speed-up must be > 1, got {max_speedup:g}")
+    if len(s) == 0 or s[-1] < max_speedup * (1 - _TOL):
+        return math.nan
+    left = np.clip(np.concatenate([[1.0], s[:-1]]), 1.0, max_speedup)  # segment j covers (s_{j-1}, s_j]
+    right = np.clip(s, 1.0, max_speedup)
+    return float((m * np.maximum(right - left, 0.0)).sum() / (max_speedup - 1.0))
+
+
+def _speedup_column(s: float) -> str:
+    return f"{s:g}x"
+
+
+def _check_speedups(speedups: Sequence[float], max_speedup: float) -> tuple[float, ...]:
+    speedups = tuple(float(s) for s in speedups)
+    if not speedups or any(not math.isfinite(s) or s < 1 for s in speedups):
+        raise CurveError(f"speed-ups must be finite numbers >= 1, got {', '.join(f'{s:g}' for s in speedups) or 'none'}")
+    if not math.isfinite(max_speedup) or max_speedup <= 1:
+        raise CurveError(f"max speed-up must be a finite number > 1, got {max_speedup:g}")
+    return speedups
+
+
+def matched_table(curves: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *, lambda_: float = 1.0,
+                  max_speedup: float = DEFAULT_MAX_SPEEDUP) -> pd.DataFrame:
+    """Every policy's best metric at matched speed-ups, and its AUC.
+
+    Parameters
+    ----------
+    curves : a ``sweep`` result.
+    speedups : targets; a policy's value at s is its best metric at a speed-up ≥ s (``best_metric_at``).
+    lambda_ : the λ of the DE3-BERT row (choose it on validation data: ``choose_lambda``).
+    max_speedup : upper end of the AUC range 1..max_speedup (``frontier_auc``).
+
+    Returns
+    -------
+    DataFrame
+        One row per policy present, in ``POLICIES`` order: ``policy``, ``label``, ``lambda_``, one column
+        per target (``"1.5x"``...; NaN when unreachable), ``auc``, ``max_speedup`` (the policy's largest),
+        ``note`` (why a value is missing, else empty).
+    """
+    speedups = _check_speedups(speedups, max_speedup)
+    present = set(curves["policy"])
+    rows = []
+    for name in (p for p in POLICIES if p in present):
+        front = frontier(curves, name, lambda_ if name == "de3" else None)
+        top = float(front["speedup"].max())
+        needed = max(max(speedups), max_speedup)
+        note = "" if top >= needed * (1 - _TOL) else f"reaches {top:.2f}x at most"
+        rows.append({"policy": name, "label": POLICY_LABELS[name],
+                     "lambda_": float(lambda_) if name == "de3" else math.nan,
+                     **{_speedup_column(s): best_metric_at(front, s) for s in speedups},
+                     "auc": frontier_auc(front, max_speedup), "max_speedup": top, "note": note})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Choosing λ and comparing policies
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _trace_name(trace) -> str:
+    return str(trace.folder) if getattr(trace, "folder", None) is not None else "in-memory trace"
+
+
+def choose_lambda(val_trace, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
+                  max_speedup: float = DEFAULT_MAX_SPEEDUP, n_quantiles: int = N_QUANTILES) -> float:
+    """The EDR weight λ whose DE3-BERT frontier has the best AUC on a **validation** trace.
+
+    Parameters
+    ----------
+    val_trace : Trace of the validation split (a trace whose meta says ``split: test`` is refused, so that λ is
+        never tuned on the data it is reported on).
+    lambdas : candidates; ties go to the first.
+    max_speedup : AUC range 1..max_speedup.
+
+    Returns
+    -------
+    float
+    """
+    if val_trace.meta.get("split") == "test":
+        raise CurveError(f"{_trace_name(val_trace)} is a trace of the test split; choose λ on a validation trace")
+    if not lambdas:
+        raise CurveError("no λ candidates given")
+    policies = [p for lam in lambdas for p in _threshold_grid(val_trace, "de3", lambda_=float(lam), n_quantiles=n_quantiles)]
+    curves = sweep(val_trace, policies)
+    aucs = [frontier_auc(frontier(curves, "de3", float(lam)), max_speedup) for lam in lambdas]
+    if all(math.isnan(a) for a in aucs):
+        raise CurveError(f"DE3-BERT never reaches {max_speedup:g}x on the validation trace; lower the max speed-up")
+    return float(lambdas[int(np.nanargmax(aucs))])
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every policy at matched speed-ups on a test trace, with per-layer metrics and the oracle."""
+
+    table: pd.DataFrame  # matched_table
+    per_layer: pd.DataFrame  # per_layer_metric
+    oracle: dict  # evaluate_policy of the oracle
+    lambda_: float
+    lambda_note: str  # where λ came from
+    metric: str
+    speedups: tuple[float, ...]
+    max_speedup: float
+    source: str
+    num_samples: int
+    num_layers: int
+    curves: pd.DataFrame = field(repr=False, default=None)
+
+    def format(self) -> str:
+        """The paper-style plain-text report: table, AUC definition, per-layer metric, oracle."""
+        m = self.metric
+        head = ["policy", *(_speedup_column(s) for s in self.speedups), f"AUC 1-{self.max_speedup:g}x", "note"]
+        rows = []
+        for r in self.table.to_dict("records"):
+            name = r["label"] + (f", λ={r['lambda_']:g}" if r["policy"] == "de3" else "")
+            rows.append([name, *(_pct(r[_speedup_column(s)]) for s in self.speedups), _pct(r["auc"]), r["note"]])
+        layers = [[str(r["layer"]), f"{r['speedup']:.2f}x", _pct(r["metric"])] for r in self.per_layer.to_dict("records")]
+        o = self.oracle
+        return "\n".join([
+            f"{m} (x100) at matched speed-up: {self.source}, {self.num_samples} samples, {self.num_layers} layers",
+            self.lambda_note,
+            "",
+            _text_table(head, rows, left=(0, len(head) - 1)),
+            "",
+            f"value at s = best {m} among a policy's settings with speed-up >= s; speed-up = L / mean exit layer;",
+            f"AUC = mean {m} of that frontier over speed-ups 1-{self.max_speedup:g}x ('-' = unreachable).",
+            "",
+            f"per-layer {m} (x100), every sample answered by that exit:",
+            _text_table(["layer", "speed-up", m], layers, left=()),
+            "",
+            (f"oracle (first correct layer; an upper bound): {m} {_pct(o['metric'])} at {o['speedup']:.2f}x "
+             f"(mean exit layer {o['mean_exit_layer']:.2f})"),
+        ])
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def _text_table(head: list[str], rows: list[list[str]], *, left: Sequence[int] = (0,)) -> str:
+    """Plain-text table: columns padded to a common width; columns in ``left`` left-aligned, the rest right."""
+    cells = [head, *rows]
+    widths = [max(len(str(r[i])) for r in cells) for i in range(len(head))]
+    lines = []
+    for r in cells:
+        padded = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def compare(test_trace, val_trace=None, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *,
+            max_speedup: float = DEFAULT_MAX_SPEEDUP, lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> Comparison:
+    """Compare every policy on ``test_trace`` at matched speed-ups (spec §7).
+
+    Parameters
+    ----------
+    test_trace : Trace the numbers are reported on.
+    val_trace : Trace of the validation split of the same model, to choose λ (``choose_lambda``). Without it
+        λ = 1.0, and the report says so.
+    speedups : targets of the matched table.
+    max_speedup : AUC range 1..max_speedup.
+    lambdas : λ candidates for ``choose_lambda``.
+
+    Returns
+    -------
+    Comparison
+        ``table`` (``matched_table``), ``per_layer`` (``per_layer_metric``), ``oracle`` (``evaluate_policy``),
+        the λ used and where it came from; ``.format()`` renders the report.
+    """
+    speedups = _check_speedups(speedups, max_speedup)
+    if val_trace is None:
+        lam, note = 1.0, "λ = 1 (default): no validation trace given; pass one to choose λ without the test split"
+    else:
+        if val_trace is test_trace or (val_trace.folder is not None and val_trace.folder == test_trace.folder):
+            raise CurveError("the validation trace is the test trace; trace the validation split to choose λ")
+        if (val_trace.num_layers, val_trace.label_names) != (test_trace.num_layers, test_trace.label_names):
+            raise CurveError(f"{_trace_name(val_trace)} has other layers or labels than {_trace_name(test_trace)}; "
+                             "trace both splits with the same checkpoint")
+        lam = choose_lambda(val_trace, lambdas, max_speedup=max_speedup)
+        note = f"λ = {lam:g}, chosen by AUC on the validation trace {_trace_name(val_trace)}"
+    curves = sweep(test_trace, default_grid(test_trace, lambdas=(lam,)))
+    return Comparison(
+        table=matched_table(curves, speedups, lambda_=lam, max_speedup=max_speedup),
+        per_layer=per_layer_metric(test_trace),
+        oracle=evaluate_policy(test_trace, ExitPolicy("oracle")),
+        lambda_=lam, lambda_note=note, metric=test_trace.metric, speedups=speedups, max_speedup=float(max_speedup),
+        source=_trace_name(test_trace), num_samples=test_trace.num_samples, num_layers=test_trace.num_layers,
+        curves=curves,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paired bootstrap
+# ---------------------------------------------------------------------------------------------------------
+
+
+def paired_bootstrap(trace, policy_a: ExitPolicy, policy_b: ExitPolicy, n_boot: int = 1000, seed: int = 0,
+                     *, level: float = 0.95) -> dict:
+    """Metric difference (a − b) on the same samples, with a percentile bootstrap confidence interval.
+
+    Each replicate resamples the samples with replacement and scores both policies' answers on the *same*
+    indices (paired), so the interval reflects the difference, not each policy's own spread.
+
+    Parameters
+    ----------
+    trace : Trace
+    policy_a, policy_b : ExitPolicy
+    n_boot : replicates.
+    seed : seed of ``numpy.random.default_rng``; the result is deterministic given it.
+    level : coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
+
+    Returns
+    -------
+    dict
+        ``diff`` (metric(a) − metric(b) on all samples), ``low``, ``high``, ``metric_a``, ``metric_b``,
+        ``metric`` (its name), ``n_boot``.
+    """
+    if n_boot < 1 or not 0 < level < 1:
+        raise CurveError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    labels = np.asarray(trace.labels, dtype=np.int64)
+    k, metric, n = trace.num_labels, trace.metric, trace.num_samples
+    answers = np.stack([decide_exits(trace.wide, p).pred for p in (policy_a, policy_b)], axis=1).astype(np.int64)  # (N, 2)
+    metric_a, metric_b = score(metric, _confusion(labels, answers, k))
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // n)  # bounded memory: chunk x N indices at a time
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(size, n))  # (B, N) same indices for both policies
+        cell = labels[idx] * k  # (B, N)
+        offset = np.arange(size)[:, None] * (k * k)
+        conf = [np.bincount((offset + cell + answers[idx, j]).ravel(), minlength=size * k * k).reshape(size, k, k)
+                for j in (0, 1)]
+        diffs[start:start + size] = score(metric, conf[0]) - score(metric, conf[1])
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100 - tail])
+    return {"diff": float(metric_a - metric_b), "low": float(low), "high": float(high),
+            "metric_a": float(metric_a), "metric_b": float(metric_b), "metric": metric, "n_boot": int(n_boot)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line (wired into ``analysis.cli`` by ``add_cli``)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.5,2,3, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def add_cli(subparsers) -> None:
+    """Add the ``curves`` and ``compare`` subcommands (each with ``handler``) to an argparse subparsers object."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    c = subparsers.add_parser(
+        "curves", help="metric vs speed-up of every exit policy's parameter sweep, as CSV", formatter_class=fmt,
+        description="Sweep every exit policy over its parameters on a trace (DE3-BERT per λ, DR, entropy, "
+                    "max-probability and PCEE over data-driven thresholds; PABEE patience; static layers; oracle) "
+                    "and write one CSV row per setting. Speed-up = L / mean exit layer.")
+    c.add_argument("--trace", required=True, help="trace folder written by `trace`")
+    c.add_argument("--out", required=True, help="CSV file to write (replaced atomically)")
+    c.add_argument("--lambdas", type=_float_list, default=",".join(f"{v:g}" for v in DEFAULT_LAMBDAS),
+                   help="comma-separated EDR weights λ to sweep")
+    c.set_defaults(handler=cmd_curves)
+
+    p = subparsers.add_parser(
+        "compare", help="every exit policy at matched speed-ups, with AUC (paper-style table)", formatter_class=fmt,
+        description="Best metric of every policy at a speed-up >= each target, and the area under its "
+                    "metric-vs-speed-up frontier (mean metric over speed-ups 1..max). DE3-BERT's λ is chosen on "
+                    "--val-trace; without it λ = 1.")
+    p.add_argument("--trace", required=True, help="trace folder of the split to report (e.g. the test split)")
+    p.add_argument("--val-trace", help="trace folder of the validation split, used only to choose λ")
+    p.add_argument("--speedups", type=_float_list, default="1.5,2,3", help="comma-separated target speed-ups")
+    p.add_argument("--max-speedup", type=float, default=DEFAULT_MAX_SPEEDUP, help="upper end of the AUC range")
+    p.set_defaults(handler=cmd_compare)
+
+
+def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a CSV beside ``path`` and rename it over: a reader never sees half a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise CurveError(f"{path} is a folder; give a file name such as {path / 'curves.csv'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def cmd_curves(args) -> int:
+    from .trace import load_trace
+
+    trace = load_trace(args.trace)
+    curves = sweep(trace, default_grid(trace, lambdas=args.lambdas))
+    write_csv_atomic(curves, args.out)
+    print(f"{len(curves)} settings of {curves['policy'].nunique()} policies on {trace.num_samples} samples: {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .trace import load_trace
+
+    test = load_trace(args.trace)
+    val = load_trace(args.val_trace) if args.val_trace else None
+    print(compare(test, val, args.speedups, max_speedup=args.max_speedup).format())
+    return 0

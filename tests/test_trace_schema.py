@@ -1,0 +1,119 @@
+"""The trace schema is checked where a trace enters: ``validate`` and ``load_trace`` name the first problem."""
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.trace import (
+    META_FILE,
+    SAMPLES_FILE,
+    TRACE_FILE,
+    TraceError,
+    load_trace,
+    trace_from_outputs,
+    validate,
+)
+
+N, L, K = 5, 3, 2  # 15 rows
+
+
+def small_trace():
+    rng = np.random.default_rng(0)
+    return trace_from_outputs(rng.normal(size=(L, N, K)), rng.uniform(size=(L, N, K)), rng.integers(0, K, N))
+
+
+def check(table):
+    return validate(table, L, K, source="t.parquet")
+
+
+def test_a_good_table_passes_unchanged():
+    table = small_trace().table
+    assert check(table) is table
+
+
+def test_missing_column():
+    with pytest.raises(TraceError, match="t.parquet: missing column.*dr"):
+        check(small_trace().table.drop(columns=["dr"]))
+    with pytest.raises(TraceError, match="dist_1"):
+        check(small_trace().table.drop(columns=["dist_1"]))
+
+
+def test_wrong_dtype():
+    table = small_trace().table
+    table["entropy"] = table["entropy"].astype("float64")
+    with pytest.raises(TraceError, match="column entropy has dtype float64, expected float32"):
+        check(table)
+
+
+def test_missing_layer():
+    table = small_trace().table
+    with pytest.raises(TraceError, match="whole number"):  # one row gone: 14 rows
+        check(table.drop(index=4).reset_index(drop=True))
+    table.loc[4, "layer"] = 3  # sample 1 has layers 1, 3, 3: layer 2 missing
+    with pytest.raises(TraceError, match="layers 1..3"):
+        check(table)
+
+
+def test_unsorted_samples():
+    table = small_trace().table
+    order = np.concatenate([np.arange(3, 6), np.arange(0, 3), np.arange(6, 15)])  # samples 1, 0, 2, ...
+    with pytest.raises(TraceError, match="increasing order"):
+        check(table.iloc[order].reset_index(drop=True))
+
+
+@pytest.mark.parametrize("column, value", [("label", K), ("label", -1), ("pred", K)])
+def test_out_of_range_labels(column, value):
+    table = small_trace().table
+    table.loc[7, column] = value
+    with pytest.raises(TraceError, match=f"column {column} has values outside 0..{K - 1}"):
+        check(table)
+
+
+def save(trace, folder):
+    folder.mkdir()
+    trace.table.to_parquet(folder / TRACE_FILE, index=False)
+    trace.samples.to_parquet(folder / SAMPLES_FILE, index=False)
+    (folder / META_FILE).write_text(json.dumps(trace.meta), encoding="utf-8")
+    return folder
+
+
+def one_line_error(folder) -> str:
+    with pytest.raises(TraceError) as info:
+        load_trace(folder)
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message
+    return message
+
+
+def test_load_trace_round_trip(tmp_path):
+    trace = small_trace()
+    loaded = load_trace(save(trace, tmp_path / "t"))
+    assert loaded.num_samples == N and loaded.num_layers == L
+    np.testing.assert_array_equal(loaded.wide["dr"], trace.wide["dr"])
+
+
+def test_load_trace_missing_folder_or_file(tmp_path):
+    assert "not found" in one_line_error(tmp_path / "absent")
+    folder = save(small_trace(), tmp_path / "t")
+    (folder / SAMPLES_FILE).unlink()
+    assert "missing samples.parquet" in one_line_error(folder)
+
+
+@pytest.mark.parametrize("name", [TRACE_FILE, SAMPLES_FILE, META_FILE])
+def test_load_trace_corrupt_file(tmp_path, name):
+    folder = save(small_trace(), tmp_path / "t")
+    (folder / name).write_bytes(b"PAR1 this is not\na parquet file \x00\xff")
+    assert "unreadable" in one_line_error(folder)
+
+
+def test_load_trace_meta_without_layers(tmp_path):
+    trace = small_trace()
+    del trace.meta["num_layers"]
+    assert "num_layers" in one_line_error(save(trace, tmp_path / "t"))
+
+
+def test_load_trace_samples_that_do_not_match(tmp_path):
+    trace = small_trace()
+    trace.samples = trace.samples.iloc[:-1]
+    assert "does not match" in one_line_error(save(trace, tmp_path / "t"))
