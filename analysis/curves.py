@@ -433,6 +433,23 @@ def best_metric_at(front: pd.DataFrame, speedup: float) -> float:
     return float(front["metric"].to_numpy()[reach].max()) if reach.any() else math.nan
 
 
+def best_setting_at(curve_df: pd.DataFrame, policy: str, speedup: float, lambda_: float | None = None) -> ExitPolicy | None:
+    """The setting behind ``best_metric_at``: among ``policy``'s rows with speed-up ≥ ``speedup``, the one with
+    the best metric (ties: the faster one). None if the policy never gets there."""
+    rows = curve_df[curve_df["policy"] == policy]
+    if policy == "de3" and lambda_ is not None:
+        rows = rows[np.isclose(rows["lambda_"].to_numpy(dtype=np.float64), lambda_, rtol=1e-12, atol=0.0)]
+    rows = rows[rows["speedup"].to_numpy() >= speedup * (1 - _TOL)]
+    if rows.empty:
+        return None
+    row = rows.sort_values(["metric", "speedup"], ascending=False).iloc[0]
+    params = {k: row[k] for k in ("tau", "lambda_", "patience", "layer") if not pd.isna(row[k])}
+    for k in ("patience", "layer"):
+        if k in params:
+            params[k] = int(params[k])
+    return ExitPolicy(policy, **{k: (v if k in ("patience", "layer") else float(v)) for k, v in params.items()})
+
+
 def frontier_auc(front: pd.DataFrame, max_speedup: float = DEFAULT_MAX_SPEEDUP) -> float:
     """Area under the frontier between speed-up 1 and ``max_speedup``, divided by the range.
 

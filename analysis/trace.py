@@ -176,6 +176,20 @@ class Trace:
         emb = np.load(self.folder / EMBEDDINGS_FILE, mmap_mode="r")
         return emb if layer is None else emb[layer - 1]
 
+    def save(self, folder: str | Path) -> Path:
+        """Write this trace as a trace folder (atomically), e.g. a synthetic or filtered one; embeddings and
+        prototypes are copied when the trace has them."""
+        import shutil
+
+        with atomic_dir(folder) as tmp:
+            self.table.to_parquet(tmp / TRACE_FILE, index=False)
+            self.samples.to_parquet(tmp / SAMPLES_FILE, index=False)
+            (tmp / META_FILE).write_text(json.dumps(self.meta, indent=2), encoding="utf-8")
+            for name in (EMBEDDINGS_FILE, PROTOTYPES_FILE):
+                if self.folder is not None and (self.folder / name).is_file():
+                    shutil.copyfile(self.folder / name, tmp / name)
+        return Path(folder)
+
     def prototypes(self) -> np.ndarray:
         """(L, K, d_p) class prototypes."""
         if self.folder is None or not (self.folder / PROTOTYPES_FILE).is_file():
