@@ -8,6 +8,7 @@ trace     record every layer's signals for a split into a trace folder
 compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
 curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
 compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
+bench     trace overhead, real early-exit wall-clock speed-ups at batch 1 and 32, sweep timings
 study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
@@ -100,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder to write")
     c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
 
-    from . import curves, study
+    from . import bench, curves, study
 
     curves.add_cli(sub)  # curves, compare
+    bench.add_cli(sub)  # bench
     study.add_cli(sub)  # study
     return parser
 

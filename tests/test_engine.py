@@ -1,0 +1,229 @@
+"""The real early-exit engine equals the trace simulation sample for sample, and really skips layers."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.backbones import load_backbone, load_tokenizer
+from analysis.config import ModelConfig
+from analysis.engine import EarlyExitEngine, safe_threshold, threshold_values
+from analysis.errors import DE3Error
+from analysis.model import DE3Bert
+from analysis.policies import ExitPolicy, decide_exits
+from analysis.trace import load_trace, trace_from_outputs, write_trace
+from tests.conftest import WORDS
+
+LABELS = ("neg", "pos", "mixed")
+
+
+def make_texts(n=40, seed=0):
+    """Texts of 1..30 words, so batches are padded and rows end at different widths."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+def fitted_model(backbone, tokenizer, texts):
+    """A DE3Bert on ``backbone`` with every class's prototypes set from one batch."""
+    torch.manual_seed(0)
+    model = DE3Bert(ModelConfig(backbone="tiny", label_names=LABELS), backbone).eval()
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(enc["input_ids"], enc["attention_mask"])
+    model.update_prototypes(out.embeddings, torch.arange(len(texts)) % len(LABELS))
+    assert model.bank.is_fitted
+    return model
+
+
+def trace_of(model, tokenizer, texts, batch_size=16, pairs=None):
+    """An in-memory trace of ``texts``: the model's full forward in padded batches, signals as write_trace makes them."""
+    logits, dists = [], []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            second = None if pairs is None else pairs[i : i + batch_size]
+            enc = tokenizer(texts[i : i + batch_size], second, padding=True, return_tensors="pt")
+            out = model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+            logits.append(out.logits)
+            dists.append(out.distances)
+    return trace_from_outputs(torch.cat(logits, 1).numpy(), torch.cat(dists, 1).numpy(), np.zeros(len(texts), dtype=np.int64))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is ~8x faster than two on a shared machine, and the result is the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_backbone):
+    texts = make_texts()
+    tokenizer = load_tokenizer(tiny_backbone)
+    model = fitted_model(load_backbone(tiny_backbone), tokenizer, texts[:12])
+    return model, tokenizer, texts, trace_of(model, tokenizer, texts)
+
+
+def policies_for(trace):
+    """One policy of each kind with τ at the median of its signal at layer 1 (pcee: layer 2, where a run of 2 can
+    first end), moved off the recorded values: about half the samples leave there, the rest later."""
+    out = []
+    for policy in (ExitPolicy("de3", lambda_=1.0), ExitPolicy("dr"), ExitPolicy("entropy"), ExitPolicy("maxprob"),
+                   ExitPolicy("pcee", patience=2)):
+        values = threshold_values(trace.wide, policy)[:, :-1]
+        target = np.median(values[:, 1 if policy.name == "pcee" else 0])
+        out.append(ExitPolicy(policy.name, tau=safe_threshold(values, target), lambda_=policy.lambda_,
+                              patience=policy.patience))
+    return out + [ExitPolicy("pabee", patience=1), ExitPolicy("static", layer=2)]
+
+
+POLICY_NAMES = ["de3", "dr", "entropy", "maxprob", "pcee", "pabee", "static"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_engine_equals_simulation(setup, name, batch_size):
+    model, tokenizer, texts, trace = setup
+    policy = next(p for p in policies_for(trace) if p.name == name)
+    expected = decide_exits(trace.wide, policy)
+    result = EarlyExitEngine(model, tokenizer).run(texts, policy=policy, batch_size=batch_size)
+    np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+    np.testing.assert_array_equal(result.pred, expected.pred)
+    assert result.layers_computed == int(expected.exit_layer.sum())
+    if name not in ("pabee", "static"):  # the test could fail: exits are spread over layers, not all at one
+        assert len(np.unique(result.exit_layer)) >= 2, policy
+    # the signals of every layer a sample went through match the trace; none after it left
+    L = trace.num_layers
+    went = np.arange(1, L + 1)[None, :] <= result.exit_layer[:, None]  # (N, L)
+    for col in ("entropy", "max_prob", "r1", "r2", "dr"):
+        np.testing.assert_allclose(result.signals[col][went], trace.wide[col][went], atol=1e-4)
+        assert np.isnan(result.signals[col][~went]).all()
+    np.testing.assert_array_equal(result.signals["pred"][went], trace.wide["pred"][went])
+
+
+def test_engine_equals_written_trace(setup, tmp_path):
+    from analysis.data import Split
+
+    model, tokenizer, texts, _ = setup
+    split = Split(texts, None, [i % 3 for i in range(len(texts))])
+    trace = load_trace(write_trace(model, tokenizer, split, tmp_path / "trace", label_names=list(LABELS), batch_size=8,
+                                   progress=False))
+    values = threshold_values(trace.wide, ExitPolicy("de3"))[:, :-1]
+    policy = ExitPolicy("de3", tau=safe_threshold(values, np.quantile(values, 0.4)))
+    expected = decide_exits(trace.wide, policy)
+    result = EarlyExitEngine(model, tokenizer).run(texts, policy=policy, batch_size=4)
+    np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+    np.testing.assert_array_equal(result.pred, expected.pred)
+
+
+def test_engine_on_sentence_pairs(setup):
+    model, tokenizer, texts, _ = setup
+    firsts, seconds = texts[:20], texts[20:]
+    trace = trace_of(model, tokenizer, firsts, pairs=seconds)
+    values = threshold_values(trace.wide, ExitPolicy("dr"))[:, :-1]
+    policy = ExitPolicy("dr", tau=safe_threshold(values, np.median(values[:, 0])))
+    expected = decide_exits(trace.wide, policy)
+    for batch_size in (1, 8):
+        result = EarlyExitEngine(model, tokenizer).run(firsts, seconds, policy=policy, batch_size=batch_size)
+        np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+        np.testing.assert_array_equal(result.pred, expected.pred)
+
+
+def test_engine_really_skips_rows_and_padding(setup):
+    """Each backbone layer sees only the rows still active, and only the columns some active row needs."""
+    model, tokenizer, texts, trace = setup
+    policy = next(p for p in policies_for(trace) if p.name == "de3")
+    seen = []  # (layer, rows, width) of every layer call
+    hooks = [layer.register_forward_hook(lambda mod, args, out, m=m: seen.append((m, *args[0].shape[:2])))
+             for m, layer in enumerate(model.backbone.encoder.layer)]
+    try:
+        result = EarlyExitEngine(model, tokenizer).run(texts, policy=policy, batch_size=32)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = sum(r for _, r, _ in seen)
+    assert rows == result.layers_computed == result.exit_layer.sum() < len(texts) * trace.num_layers
+    runs, widths_shrank = [], False  # the calls of each batch, which starts again at layer 0
+    for m, r, w in seen:
+        if m == 0:
+            runs.append([])
+        runs[-1].append((r, w))
+    for run in runs:  # inside a batch, rows and width only go down
+        assert [r for r, _ in run] == sorted((r for r, _ in run), reverse=True)
+        assert [w for _, w in run] == sorted((w for _, w in run), reverse=True)
+        widths_shrank |= run[-1][1] < run[0][1]
+    assert widths_shrank  # the longest rows left early, so padding columns were cut
+    assert result.speedup == pytest.approx(trace.num_layers / result.exit_layer.mean())
+
+
+@pytest.mark.parametrize("name", ["de3", "dr", "entropy"])
+@pytest.mark.parametrize("batch_size", [1, 32])
+def test_threshold_invariants(setup, name, batch_size):
+    model, tokenizer, texts, trace = setup
+    engine = EarlyExitEngine(model, tokenizer)
+    everyone = engine.run(texts, policy=ExitPolicy(name, tau=float("inf")), batch_size=batch_size)
+    assert (everyone.exit_layer == 1).all() and everyone.layers_computed == len(texts)
+    np.testing.assert_array_equal(everyone.pred, trace.wide["pred"][:, 0])
+    nobody = engine.run(texts, policy=ExitPolicy(name, tau=0.0), batch_size=batch_size)
+    assert (nobody.exit_layer == trace.num_layers).all()
+    np.testing.assert_array_equal(nobody.pred, trace.wide["pred"][:, -1])
+
+
+def test_oracle_and_bad_inputs_raise(setup):
+    model, tokenizer, texts, _ = setup
+    engine = EarlyExitEngine(model, tokenizer)
+    with pytest.raises(DE3Error, match="oracle"):
+        engine.run(texts, policy=ExitPolicy("oracle"))
+    with pytest.raises(DE3Error, match="batch_size"):
+        engine.run(texts, policy=ExitPolicy("static"), batch_size=0)
+    with pytest.raises(DE3Error, match="no texts"):
+        engine.run([], policy=ExitPolicy("static"))
+
+
+def test_unsupported_backbone_names_its_type():
+    from transformers import DistilBertConfig, DistilBertModel
+
+    backbone = DistilBertModel(DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37))
+    model = DE3Bert(ModelConfig(backbone="tiny", label_names=("a", "b")), backbone)
+    with pytest.raises(DE3Error, match="distilbert"):
+        EarlyExitEngine(model, tokenizer=None)
+
+
+@pytest.mark.parametrize("kind", ["roberta", "electra"])
+def test_other_bert_family_backbones(tiny_backbone, kind):
+    """RoBERTa (positions from input ids) and ELECTRA (embedding projection) replay their forward exactly."""
+    from transformers import ElectraConfig, ElectraModel, RobertaConfig, RobertaModel
+
+    tokenizer = load_tokenizer(tiny_backbone)
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                  intermediate_size=37, max_position_embeddings=72, pad_token_id=0)
+    torch.manual_seed(0)
+    backbone = RobertaModel(RobertaConfig(**common)) if kind == "roberta" else ElectraModel(ElectraConfig(embedding_size=16, **common))
+    texts = make_texts(24, seed=1)
+    model = fitted_model(backbone.eval(), tokenizer, texts[:9])
+    trace = trace_of(model, tokenizer, texts)
+    values = threshold_values(trace.wide, ExitPolicy("entropy"))[:, :-1]
+    policy = ExitPolicy("entropy", tau=safe_threshold(values, np.median(values)))
+    expected = decide_exits(trace.wide, policy)
+    for batch_size in (1, 8):
+        result = EarlyExitEngine(model, tokenizer).run(texts, policy=policy, batch_size=batch_size)
+        np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+        np.testing.assert_array_equal(result.pred, expected.pred)
+
+
+def test_safe_threshold_hand_computed():
+    values = np.array([[0.4, 0.1], [0.2, np.nan]])
+    assert safe_threshold(values, 0.2) == pytest.approx(0.15)  # on a value: into the gap below it
+    assert safe_threshold(values, 0.3) == pytest.approx(0.3)  # (0.2, 0.4) -> its midpoint
+    assert safe_threshold(values, 0.39) == pytest.approx(0.3)
+    assert safe_threshold(values, 0.05) == pytest.approx(0.0)  # below all: one mean spacing (0.1) below the least
+    assert safe_threshold(values, 0.9) == pytest.approx(0.5)
+    assert safe_threshold(values, float("inf")) == float("inf")
+    # the set of values below tau is what it was below the target
+    rng = np.random.default_rng(0)
+    v = rng.random(1000).astype(np.float32)
+    for target in rng.random(20):
+        tau = safe_threshold(v, target)
+        assert ((v < tau) == (v < target)).all()
