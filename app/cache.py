@@ -1,0 +1,198 @@
+"""Every Streamlit cache of the app, in one place, keyed by small hashable values.
+
+    st.cache_resource   models, the early-exit engine, per-folder locks, the UMAP warm-up  (shared, read-only)
+    st.cache_data       traces, sweeps, matched tables, per-layer metrics, projections     (copied per call)
+
+A trace is keyed by ``TraceRef(folder, stamp)``: the folder it lives in and the modification time of its
+meta.json, so a rewritten trace is a new key. Nothing here stores a policy or a threshold: those are
+arguments, and live in each browser session's ``st.session_state`` (``app.state``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis import curves as _curves
+from analysis.projection import ProjectionConfig, project_layer
+from app import sources
+
+
+@dataclass(frozen=True)
+class TraceRef:
+    """A trace on disk: its folder and a stamp that changes when it is rewritten."""
+
+    folder: str
+    stamp: int
+
+
+# ---- models ------------------------------------------------------------------------------------------------
+
+
+def _weights_key(checkpoint: str) -> tuple:
+    folder = sources.resolve_checkpoint(checkpoint)
+    return str(folder.resolve()), *sources._weights_stamp(folder)[1:]
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _model(folder: str, size, mtime, device: str):
+    from analysis.backbones import pick_device
+    from analysis.checkpoint import load_checkpoint
+
+    return load_checkpoint(folder, device=pick_device(device))
+
+
+def get_model(checkpoint: str, device: str = "auto"):
+    """(DE3Bert in eval mode, tokenizer), shared by every session. Never holds a policy."""
+    return _model(*_weights_key(checkpoint), device)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _engine(folder: str, size, mtime, device: str):
+    from analysis.engine import EarlyExitEngine
+
+    model, tokenizer = _model(folder, size, mtime, device)
+    return EarlyExitEngine(model, tokenizer)
+
+
+def get_engine(checkpoint: str, device: str = "auto"):
+    """The real layer-by-layer early-exit engine; the policy is an argument of ``run``."""
+    return _engine(*_weights_key(checkpoint), device)
+
+
+@st.cache_resource(show_spinner=False)
+def _folder_lock(folder: str) -> threading.Lock:
+    return threading.Lock()
+
+
+# ---- traces ------------------------------------------------------------------------------------------------
+
+
+def trace_ref(source: sources.TraceSource, *, device: str = "auto", progress=None) -> TraceRef:
+    """The trace of ``source``: found on disk, or computed once (``progress(done, total)`` while it runs).
+
+    Two sessions asking for the same new trace compute it once: the second waits on the folder's lock.
+    """
+    folder = sources.trace_folder(source)
+    if not sources.has_trace(folder):
+        with _folder_lock(str(folder)):
+            if not sources.has_trace(folder):
+                model, tokenizer = get_model(source.checkpoint, device)
+                sources.compute_trace(source, model, tokenizer, folder, on_progress=progress)
+    return TraceRef(str(folder), sources.trace_stamp(folder))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_trace(ref: TraceRef):
+    """The loaded, validated ``Trace`` (embeddings stay on disk, memory-mapped on use)."""
+    from analysis.trace import load_trace
+
+    return load_trace(ref.folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def get_sweep(ref: TraceRef, lambda_: float | None = None, patience: int | None = None) -> pd.DataFrame:
+    """Every policy's parameter sweep (``curves.sweep``): DE3 at the default λ grid plus ``lambda_``, PCEE at
+    patience 1–3 plus ``patience``."""
+    trace = get_trace(ref)
+    lambdas, patiences = tuple(_curves.DEFAULT_LAMBDAS), tuple(_curves.PCEE_PATIENCES)
+    if lambda_ is not None and not np.isclose(lambdas, lambda_).any():
+        lambdas = lambdas + (float(lambda_),)
+    if patience is not None and patience not in patiences and patience < trace.num_layers:
+        patiences = patiences + (int(patience),)
+    return _curves.sweep(trace, _curves.default_grid(trace, lambdas=lambdas, pcee_patiences=patiences))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def get_matched(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.5, 2.0, 3.0)) -> pd.DataFrame:
+    """Best metric per policy at matched speed-ups, and AUC (``curves.matched_table``), DE3 at ``lambda_``."""
+    return _curves.matched_table(get_sweep(ref, lambda_), speedups, lambda_=lambda_)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_per_layer(ref: TraceRef) -> pd.DataFrame:
+    """Each exit's metric if every sample answered there (``curves.per_layer_metric``)."""
+    return _curves.per_layer_metric(get_trace(ref))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def get_projection(ref: TraceRef, layer: int, config: ProjectionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 2), prototype points (K, 2)) of one layer, computed once per (trace, layer, config)."""
+    trace = get_trace(ref)
+    return project_layer(trace.embeddings(layer), trace.prototypes()[layer - 1], config)
+
+
+# ---- warm-up -----------------------------------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_umap() -> threading.Thread | None:
+    """Compile UMAP's numba code (~20 s, once per server process) in the background at start-up, so the first
+    prototype map does not wait for it. Off when ``DE3_APP_WARMUP=0`` (the tests)."""
+    if os.environ.get("DE3_APP_WARMUP", "1") == "0":
+        return None
+
+    def work() -> None:
+        import time
+
+        time.sleep(3)  # let the first page paint first
+        try:
+            rng = np.random.default_rng(0)
+            project_layer(rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(3, 8)),
+                          ProjectionConfig(method="umap", n_neighbors=5))
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only means the first real map compiles instead
+            logging.getLogger(__name__).info("UMAP warm-up failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="umap-warmup", daemon=True)
+    thread.start()
+    return thread
+
+
+def umap_ready() -> bool:
+    thread = warm_up_umap()
+    return thread is None or not thread.is_alive()
+
+
+# ---- the playground: a real early-exit run on typed text ------------------------------------------------------
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def run_text(checkpoint: str, device: str, text: str, text_pair: str | None, policy) -> dict:
+    """A real layer-by-layer early exit of one input under ``policy`` (an argument, never stored on the
+    model), next to a run through every layer for what the skipped layers would have said.
+
+    Returns exit_layer, pred, label_names, the per-layer signals of both runs ((L,) arrays, NaN after the
+    exit for the early-exit run) and the wall time of each run in milliseconds.
+    """
+    import time
+
+    from analysis.policies import ExitPolicy
+
+    engine = get_engine(checkpoint, device)
+    pairs = [text_pair] if text_pair is not None else None
+    every_layer = ExitPolicy("static", layer=engine.num_layers)
+    full = engine.run([text], pairs, policy=every_layer)  # also warms up, so the timings below are fair
+    early, early_ms = None, None
+    if policy.name != "oracle":
+        start = time.perf_counter()
+        early = engine.run([text], pairs, policy=policy)
+        early_ms = 1000 * (time.perf_counter() - start)
+    start = time.perf_counter()
+    engine.run([text], pairs, policy=every_layer)
+    full_ms = 1000 * (time.perf_counter() - start)
+    return {
+        "num_layers": engine.num_layers,
+        "label_names": list(engine.model.config.label_names),
+        "full": {k: v[0] for k, v in full.signals.items()},
+        "early": None if early is None else {k: v[0] for k, v in early.signals.items()},
+        "exit_layer": None if early is None else int(early.exit_layer[0]),
+        "pred": None if early is None else int(early.pred[0]),
+        "full_ms": full_ms,
+        "early_ms": early_ms,
+    }

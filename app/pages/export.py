@@ -1,0 +1,135 @@
+"""Export & share: the trace and tables as CSV/Parquet, figures as HTML (PNG with kaleido), the view as a link."""
+
+import importlib.util
+import io
+import json
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from analysis.curves import evaluate_policy
+from analysis.errors import DE3Error
+from analysis.policies import decide_exits
+from app import cache, charts, derive, state
+
+HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None
+
+
+def _csv(frame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def _parquet(frame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def figures(ctx) -> dict:
+    """Builders of every exportable figure at the current settings (called only for the one chosen)."""
+    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    metric_title = derive.metric_title(trace.metric)
+
+    def tradeoff():
+        return charts.tradeoff_chart(cache.get_sweep(ref, policy.lambda_, policy.patience), current=evaluate_policy(trace, policy),
+                                     current_label=policy.describe(), lambda_=policy.lambda_, patience=policy.patience,
+                                     metric_title=metric_title)
+
+    def layer_bars():
+        return charts.layer_metric_bars(cache.get_per_layer(ref), metric_title=metric_title)
+
+    def exits():
+        d = decide_exits(trace.wide, policy)
+        return charts.exit_distribution(d.exit_layer, d.pred == trace.labels, num_layers=trace.num_layers)
+
+    def histograms():
+        sig = derive.policy_signal(trace, policy)
+        name, values = sig if sig else ("edr", derive.signals(trace, policy.lambda_)["edr"])
+        tau = policy.tau if sig else None
+        if name == "max_prob":
+            values, tau = 1.0 - values, (None if tau is None else 1.0 - tau)
+        return charts.signal_histograms(values, trace.wide["correct"], tau=tau, signal_label=derive.SIGNAL_LABELS[name])
+
+    def proto_map():
+        layer = int(state.page_state().get("map_layer", (trace.num_layers + 1) // 2))
+        config = st.session_state.get("map_config") or derive.projection_config(trace, state.page_state().get("method", "umap"))
+        points, protos = cache.get_projection(ref, layer, config)
+        return charts.prototype_map(points, protos, sample_ids=trace.samples["sample_id"].to_numpy(),
+                                    color=trace.labels, color_label="true class", categories=trace.label_names,
+                                    category_colors=[charts.class_color(k) for k in range(trace.num_labels)],
+                                    class_names=trace.label_names,
+                                    hover=[f"sample {i}" for i in trace.samples["sample_id"]])
+
+    return {"Trade-off (all policies)": tradeoff, "Each exit's metric": layer_bars,
+            "Exit-layer distribution": exits, "Signal histograms per layer": histograms,
+            "Prototype map (current layer)": proto_map}
+
+
+def share_link(params: dict) -> str:
+    base = (st.context.url or "http://localhost:8501/").split("?")[0]
+    return f"{base}?{urlencode(params)}" if params else base
+
+
+def render() -> None:
+    ctx = state.require_trace()
+    if ctx is None:
+        return
+    trace, policy = ctx.trace, ctx.policy
+    st.title("Export & share")
+
+    st.subheader("Share this view")
+    params = state.desired_query_params(trace.num_layers)
+    st.markdown("The address bar always holds the current settings; this link reopens them (policy, τ, λ, patience, "
+                "layer and the pages' settings such as the inspected sample):")
+    st.code(share_link(params), language=None)
+    st.download_button("Settings (JSON)", json.dumps(params, indent=2), file_name="de3-view.json",
+                       mime="application/json", key="ex_settings")
+
+    st.subheader("Data")
+    decision = decide_exits(trace.wide, policy)
+    tax = derive.taxonomy(trace, decision, policy)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.download_button("Trace (CSV, one row per sample × layer)", lambda: _csv(trace.table), file_name="trace.csv",
+                       mime="text/csv", key="ex_trace_csv")
+    c1.download_button("Trace (Parquet)", lambda: _parquet(trace.table), file_name="trace.parquet",
+                       mime="application/octet-stream", key="ex_trace_parquet")
+    c2.download_button("Samples (CSV: texts, labels)", lambda: _csv(trace.samples), file_name="samples.csv",
+                       mime="text/csv", key="ex_samples_csv")
+    c2.download_button("Samples (Parquet)", lambda: _parquet(trace.samples), file_name="samples.parquet",
+                       mime="application/octet-stream", key="ex_samples_parquet")
+    c3.download_button("Exits under the current policy (CSV)", lambda: _csv(tax), file_name="exits.csv",
+                       mime="text/csv", key="ex_exits", help=policy.describe())
+    c3.download_button("All policies' curves (CSV)", lambda: _csv(cache.get_sweep(ctx.ref, policy.lambda_, policy.patience)),
+                       file_name="curves.csv", mime="text/csv", key="ex_curves")
+    c4.download_button("Matched speed-up table (CSV)", lambda: _csv(cache.get_matched(ctx.ref, policy.lambda_)),
+                       file_name="matched.csv", mime="text/csv", key="ex_matched")
+    c4.download_button("Trace meta (JSON)", json.dumps(trace.meta, indent=2, default=str), file_name="meta.json",
+                       mime="application/json", key="ex_meta")
+    st.caption(f"{trace.num_samples} samples × {trace.num_layers} layers; columns: {', '.join(trace.table.columns[:10])}, "
+               "prob_k and dist_k per class. Everything here can be recomputed with `analysis` from the trace folder "
+               f"`{ctx.ref.folder}`.")
+
+    st.subheader("Figures")
+    builders = figures(ctx)
+    name = st.selectbox("Figure", list(builders), key="ex_figure")
+    standalone = st.toggle("self-contained HTML (works offline, ≈4 MB)", value=True, key="ex_standalone")
+    try:
+        with st.spinner("Building the figure…"):
+            fig = builders[name]()
+    except DE3Error as exc:
+        st.error(str(exc))
+        return
+    st.plotly_chart(fig, key="ex_preview")
+    slug = name.split(" (")[0].lower().replace(" ", "-").replace("'", "")
+    f1, f2 = st.columns(2)
+    f1.download_button("Download HTML", lambda: fig.to_html(include_plotlyjs=True if standalone else "cdn"),
+                       file_name=f"{slug}.html", mime="text/html", key="ex_html")
+    if HAS_KALEIDO:
+        f2.download_button("Download PNG", lambda: fig.to_image(format="png", scale=2), file_name=f"{slug}.png",
+                           mime="image/png", key="ex_png")
+    else:
+        f2.info("PNG export needs the `kaleido` package (`pip install kaleido`), which is not installed here. "
+                "The HTML file has a camera button that saves a PNG from the browser.")
+
+
+render()

@@ -1,0 +1,158 @@
+"""Sample inspector: one sample's way through the layers — its signals, probabilities, prototype distances,
+and where every policy would let it out."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.curves import evaluate_policy
+from analysis.policies import POLICY_LABELS, decide_exits, exit_mask
+from app import cache, charts, derive, state
+
+
+def _set_sample(value: int) -> None:
+    state.set_page(sample=int(value))
+
+
+def _on_id() -> None:
+    _set_sample(st.session_state["w_insp_id"])
+
+
+def _on_hit() -> None:
+    hit = st.session_state.get("w_insp_hit")
+    if hit is not None:
+        _set_sample(hit)
+
+
+def picker(trace, decision) -> int:
+    """Sample by id, by text search, or stepping through; the choice is kept in the page state (and URL)."""
+    n = trace.num_samples
+    page = state.page_state()
+    current = int(min(max(int(page.get("sample", 0)), 0), n - 1))
+    state.set_page(sample=current)
+    c1, c2, c3 = st.columns([1, 2, 1.4])
+    st.session_state["w_insp_id"] = current
+    c1.number_input(f"Sample id (0–{n - 1})", 0, n - 1, key="w_insp_id", on_change=_on_id)
+    query = c2.text_input("Search the texts", key="w_insp_query", placeholder="words that must all appear")
+    if query:
+        hits = derive.search_samples(trace.samples, query)
+        if len(hits):
+            labels = dict(zip(hits["sample_id"].astype(int), hits["text"].str.slice(0, 80)))
+            c2.selectbox(f"{len(hits)} match(es)", list(labels), format_func=lambda i: f"{i}: {labels[i]}…",
+                         key="w_insp_hit", on_change=_on_hit, index=None, placeholder="pick one")
+        else:
+            c2.caption("no sample contains all these words")
+    with c3:
+        st.write("")
+        b1, b2, b3 = st.columns([1, 1, 2])
+        if b1.button("◀", key="insp_prev", help="previous sample", disabled=current == 0):
+            _set_sample(current - 1)
+            st.rerun()
+        if b2.button("▶", key="insp_next", help="next sample", disabled=current == n - 1):
+            _set_sample(current + 1)
+            st.rerun()
+        wrong = np.flatnonzero(decision.pred != trace.labels)
+        if b3.button("next ✗", key="insp_wrong", help="next sample the current policy gets wrong", disabled=len(wrong) == 0):
+            later = wrong[wrong > current]
+            _set_sample(int(later[0] if len(later) else wrong[0]))
+            st.rerun()
+    return int(state.page_state()["sample"])
+
+
+def exit_test_column(trace, policy, i: int, e: int) -> list[str]:
+    """Per layer: what the policy's exit test said for sample ``i`` (which exits at ``e``)."""
+    L = trace.num_layers
+    one = {k: np.asarray(trace.wide[k])[i:i + 1] for k in ("pred", "entropy", "dr", "max_prob", "correct")}
+    passes = np.asarray(exit_mask(policy, one))[0]
+    out = []
+    for m in range(1, L + 1):
+        if m == e:
+            out.append("passes → exits" if m < L else "last layer answers")
+        elif m < e:
+            out.append("fails → continues")
+        else:
+            out.append("after the exit" + (" (would pass)" if passes[m - 1] and m < L else ""))
+    return out
+
+
+def render() -> None:
+    ctx = state.require_trace()
+    if ctx is None:
+        return
+    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    L, names = trace.num_layers, trace.label_names
+    st.title("Sample inspector")
+    decision = decide_exits(trace.wide, policy)
+    i = picker(trace, decision)
+    label = int(trace.labels[i])
+    e, answer = int(decision.exit_layer[i]), int(decision.pred[i])
+    right = answer == label
+    row = trace.samples.iloc[i]
+
+    st.subheader(f"Sample {i} — true class: {names[label]}")
+    with st.container(height=170, border=True):
+        st.text(row["text"])
+        if "text_pair" in trace.samples and isinstance(row.get("text_pair"), str):
+            st.markdown("**second text**")
+            st.text(row["text_pair"])
+    final_pred = int(trace.wide["pred"][i, -1])
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("exits at layer", f"{e} of {L}")
+    m2.metric("answer at exit", names[answer], delta="right" if right else "wrong", delta_color="normal" if right else "inverse")
+    m3.metric("final layer says", names[final_pred], delta="right" if final_pred == label else "wrong",
+              delta_color="normal" if final_pred == label else "inverse")
+    m4.metric("tokens", int(trace.n_tokens[i]))
+    st.caption(f"Under {policy.describe()}: exit test **{derive.exit_test_text(policy)}** at layers 1..{L - 1}.")
+
+    sig = derive.signals(trace, policy.lambda_)
+    tested = derive.policy_signal(trace, policy)
+    tested_name = tested[0] if tested else None
+    shown = {k: sig[k][i] for k in ("entropy", "dr", "edr")}
+    tau = policy.tau
+    if tested_name == "max_prob":
+        shown["max_prob"] = sig["max_prob"][i]
+    log_y = st.toggle("log scale", value=True, key="insp_log")
+    st.plotly_chart(charts.signal_trajectory(shown, tau=tau if tested_name else None, tested=tested_name, exit_layer=e,
+                                             correct=trace.wide["correct"][i], log_y=log_y and tested_name != "max_prob",
+                                             title="Exit signals per layer (lower = more confident); ✓/✗ = that layer's prediction right/wrong"),
+                    key="insp_signals")
+
+    left, right_col = st.columns(2)
+    pred_path = np.asarray(trace.wide["pred"][i])
+    with left:
+        st.plotly_chart(charts.class_lines(trace.probs()[i], class_names=names, true_label=label, ylabel="probability",
+                                           highlight=pred_path, title="Class probabilities"), key="insp_probs")
+    with right_col:
+        st.plotly_chart(charts.class_lines(trace.distances()[i], class_names=names, true_label=label,
+                                           ylabel="distance to prototype", highlight=pred_path,
+                                           title="Distance to every class prototype (○ = predicted: r₁)"),
+                        key="insp_dists")
+
+    st.subheader("Where each policy would let it out")
+    result = evaluate_policy(trace, policy)
+    curves = cache.get_sweep(ref, policy.lambda_, policy.patience)
+    matched = derive.matched_settings(curves, result["speedup"], lambda_=policy.lambda_, patience=policy.patience)
+    settings = {name: p for name, (p, _) in matched.items()}
+    settings[policy.name] = policy
+    exits = derive.sample_exits(trace, i, settings)
+    st.plotly_chart(charts.policy_exit_strip(exits, num_layers=L, current=policy.name), key="insp_strip")
+    st.caption(f"The current policy at your setting; every other policy at its best setting that is at least as fast "
+               f"({result['speedup']:.2f}×) on this data — a comparison at matched speed-up.")
+    with st.expander("Settings used"):
+        st.dataframe(exits.assign(policy=[POLICY_LABELS[p] for p in exits["policy"]], pred=[names[p] for p in exits["pred"]]),
+                     hide_index=True, width="stretch")
+
+    st.subheader("Layer by layer")
+    table = pd.DataFrame({
+        "layer": np.arange(1, L + 1), "prediction": [names[p] for p in pred_path],
+        "right": trace.wide["correct"][i].astype(bool), "max-prob": trace.wide["max_prob"][i],
+        "entropy": sig["entropy"][i], "r1": trace.wide["r1"][i], "r2": trace.wide["r2"][i], "DR": sig["dr"][i],
+        f"EDR (λ={policy.lambda_:g})": sig["edr"][i],
+        "exit test": exit_test_column(trace, policy, i, e),
+    })
+    st.dataframe(table, hide_index=True, width="stretch", key="insp_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.4g")
+                                for c in ("max-prob", "entropy", "r1", "r2", "DR", f"EDR (λ={policy.lambda_:g})")})
+
+
+render()

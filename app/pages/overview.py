@@ -1,0 +1,175 @@
+"""Overview: choose what to trace; each exit's metric, where samples leave, and the cost, defined."""
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from analysis.curves import evaluate_policy
+from analysis.errors import DE3Error
+from analysis.policies import decide_exits
+from app import cache, charts, derive, sources, state, text
+
+OTHER = "Other folder…"
+DATA_KINDS = {"own": "The checkpoint's own data", "glue": "A GLUE task", "file": "Upload a CSV / TSV file"}
+
+
+def source_picker(current: sources.TraceSource) -> None:
+    """Device, checkpoint, data and split; the trace is computed (or found) when "Load" is pressed."""
+    left, right = st.columns(2)
+    with left:
+        st.session_state.setdefault("w_device", state.device())
+        st.segmented_control("Device", state.DEVICES, key="w_device", help="auto = CUDA when available, else CPU",
+                             on_change=lambda: st.session_state.update(device=st.session_state["w_device"] or "auto"))
+        shipped = sources.shipped_checkpoints()
+        options = shipped + [OTHER]
+        st.session_state.setdefault("ov_ckpt", current.checkpoint if current.checkpoint in shipped else OTHER)
+        choice = st.selectbox("Checkpoint", options, key="ov_ckpt",
+                              help="A folder written by `python -m analysis train`; the shipped default is preselected.")
+        if choice == OTHER:
+            st.session_state.setdefault("ov_ckpt_path", "" if current.checkpoint in shipped else current.checkpoint)
+            checkpoint = st.text_input("Checkpoint folder", key="ov_ckpt_path", placeholder="runs/bbc or /abs/path")
+        else:
+            checkpoint = choice
+        st.session_state.setdefault("ov_split", current.split)
+        split = st.selectbox("Split", sources.SPLITS, key="ov_split")
+        st.session_state.setdefault("ov_max", current.max_samples or 0)
+        max_samples = st.number_input("Trace at most this many samples (0 = all)", min_value=0, step=100, key="ov_max",
+                                      help="Tracing runs every layer once: ≈10 samples/s on CPU for long texts.")
+    with right:
+        kind_now = "own" if current.data == "own" else "glue" if current.data.startswith("glue/") else "file"
+        st.session_state.setdefault("ov_kind", kind_now)
+        kind = st.radio("Data", list(DATA_KINDS), format_func=DATA_KINDS.get, key="ov_kind")
+        extra: dict = {}
+        if kind == "glue":
+            task_now = current.data.split("/", 1)[1] if kind_now == "glue" else "sst2"
+            st.session_state.setdefault("ov_task", task_now if task_now in sources.GLUE_TASKS else "sst2")
+            task = st.selectbox("GLUE task", sources.GLUE_TASKS, key="ov_task")
+            default_dir = str(sources.DEFAULT_GLUE_DIR) if sources.DEFAULT_GLUE_DIR.is_dir() else ""
+            st.session_state.setdefault("ov_glue_dir", current.data_dir or default_dir)
+            glue_dir = st.text_input("Local GLUE folder (blank = download from the Hugging Face hub)", key="ov_glue_dir")
+            extra = {"data": f"glue/{task}", "data_dir": glue_dir.strip() or None}
+            st.caption("GLUE's test labels are private: the **test** split here is GLUE's dev set, as in the "
+                       "early-exit papers. The data must have the checkpoint's classes.")
+        elif kind == "file":
+            extra = file_picker()
+        else:
+            extra = {"data": sources.OWN_DATA}
+    if extra is None:
+        return
+    if st.button("Load trace", type="primary", key="ov_load", disabled=not checkpoint):
+        new = sources.TraceSource(checkpoint=checkpoint.strip(), split=split, max_samples=int(max_samples) or None,
+                                  **extra)
+        try:
+            ref = state.trace_with_progress(new)
+            cache.get_trace(ref)
+        except DE3Error as exc:
+            st.error(str(exc))
+            return
+        except (OSError, ValueError) as exc:  # e.g. an unreadable folder, or no network for the hub
+            st.error(f"Could not trace {new.describe()}: {' '.join(str(exc).split())[:300]}")
+            return
+        state.set_source(new)
+        for key in ("_ctx", "map_config", "map_selected"):  # per-trace settings start afresh
+            st.session_state.pop(key, None)
+        st.rerun()
+
+
+def file_picker() -> dict | None:
+    """An uploaded CSV/TSV/Parquet/JSONL with column pickers; None until it is usable."""
+    upload = st.file_uploader("Data file", type=["csv", "tsv", "txt", "parquet", "jsonl", "json"], key="ov_upload",
+                              help="Labels must name the checkpoint's classes. Split 80/10/10 (seeded) like training data.")
+    if upload is None:
+        st.caption("Upload a file to pick its columns.")
+        return None
+    try:
+        path = sources.save_upload(upload.name, upload.getvalue())
+        header = st.checkbox("First row holds column names", value=True, key="ov_header")
+        preview = sources.preview_columns(path, header=header)
+    except DE3Error as exc:
+        st.error(str(exc))
+        return None
+    st.dataframe(preview, height=150, width="stretch")
+    cols = list(preview.columns)
+    guess = lambda names, fallback: next((c for c in names if c in cols), fallback)
+    text_col = st.selectbox("Text column", cols, index=cols.index(guess(("text", "sentence", "sentence1"), cols[0])),
+                            key="ov_text_col")
+    pair_opts = ["(none)"] + [c for c in cols if c != text_col]
+    pair_col = st.selectbox("Second text column (pair tasks)", pair_opts,
+                            index=pair_opts.index(guess(("sentence2", "text_pair"), "(none)")) if guess(("sentence2", "text_pair"), "(none)") in pair_opts else 0,
+                            key="ov_pair_col")
+    label_opts = [c for c in cols if c not in (text_col, pair_col)] or cols
+    label_col = st.selectbox("Label column", label_opts,
+                             index=label_opts.index(guess(("label", "labels", "target", "class"), label_opts[-1])),
+                             key="ov_label_col")
+    text_columns = (text_col,) if pair_col == "(none)" else (text_col, pair_col)
+    return {"data": str(path), "text_columns": text_columns, "label_column": label_col, "header": header,
+            "display_name": upload.name}
+
+
+def cost_definitions() -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.latex(text.SPEEDUP)
+    c2.latex(text.SAVED)
+    c3.latex(text.FLOPS)
+    st.markdown(text.COST_WORDS)
+
+
+def render() -> None:
+    st.title("DE3-BERT: where does each sample leave BERT, and is it right?")
+    st.markdown(
+        "A BERT with a classifier after **every** layer can stop early for easy inputs. **DE3-BERT** decides "
+        "with **EDR**, which fuses the classifier's own uncertainty (*entropy*, local) with how close the sample "
+        "is to the learned **class prototypes** (*distance ratio*, global). The model ran once over the data and "
+        "recorded every layer — so every slider here is instant and never re-runs BERT."
+    )
+    ctx = state.context()
+    with st.expander("Checkpoint, data and device", expanded=not ctx.ok):
+        source_picker(ctx.source)
+    if not ctx.ok:
+        st.error(f"No trace to show: {ctx.error}")
+        return
+    trace, policy = ctx.trace, ctx.policy
+    L, metric = trace.num_layers, trace.metric
+    meta = trace.meta
+    st.caption(f"**{ctx.source.describe()}** — {trace.num_samples} samples × {L} layers, {len(trace.label_names)} "
+               f"classes ({', '.join(trace.label_names)}); traced {meta.get('created', '?')} · "
+               f"folder `{Path(ctx.ref.folder).name}`")
+
+    result = evaluate_policy(trace, policy)
+    decision = decide_exits(trace.wide, policy)
+    full = cache.get_per_layer(ctx.ref)["metric"].to_numpy()[-1]
+    st.subheader(f"Current policy: {policy.describe()}")
+    m1, m2, m3, m4, m5 = st.columns(5)
+    delta = result["metric"] - full
+    same = abs(delta) < 1e-12
+    m1.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric),
+              delta="same as the full model" if same else
+              (f"{100 * delta:+.1f} pts vs. full model" if metric != "mcc" else f"{delta:+.3f} vs. full model"),
+              delta_color="off" if same else "normal", delta_arrow="off" if same else "auto",
+              help=f"The full model (every sample through all {L} layers) scores {derive.fmt_metric(full, metric)}.")
+    m2.metric("speed-up", f"{result['speedup']:.2f}×", help="L / mean exit layer")
+    m3.metric("saved fraction", f"{100 * result['saved_fraction']:.1f}%", help="1 − mean exit layer / L")
+    m4.metric("FLOPs ratio", f"{100 * result['flops_ratio']:.1f}%", help="early-exit FLOPs / full-model FLOPs")
+    m5.metric("mean exit layer", f"{result['mean_exit_layer']:.2f} of {L}")
+    with st.expander("How these are defined", expanded=False):
+        cost_definitions()
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Each exit's {derive.metric_name(metric)}** if every sample answered there")
+        st.plotly_chart(charts.layer_metric_bars(cache.get_per_layer(ctx.ref), metric_title=derive.metric_title(metric)),
+                        key="ov_layer_bars")
+    with right:
+        st.markdown(f"**Where samples leave** under {policy.describe()}")
+        correct = decision.pred == trace.labels
+        st.plotly_chart(charts.exit_distribution(decision.exit_layer, correct, num_layers=L), key="ov_exit_dist")
+    if not (decision.exit_layer < L).any():
+        st.warning(f"No sample exits before layer {L}: {derive.no_early_exit_hint(trace, policy)}.")
+    st.info("Next: move **τ** in the sidebar and watch the numbers change, or open the **Trade-off explorer** to see "
+            "every policy's curve at once.", icon=":material/arrow_forward:")
+    counts = np.bincount(decision.exit_layer - 1, minlength=L)
+    st.caption("Exit counts per layer: " + " · ".join(f"L{m + 1}: {c}" for m, c in enumerate(counts)))
+
+
+render()

@@ -1,0 +1,117 @@
+"""Trade-off explorer: metric vs speed-up of every policy, the matched-speed-up table, and the signals' histograms."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from analysis.curves import evaluate_policy
+from analysis.policies import POLICY_LABELS, ExitPolicy, decide_exits
+from app import cache, charts, derive, state
+
+
+def matched_table_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The matched-speed-up table, formatted: one row per policy, metric at each target and AUC."""
+    shown = pd.DataFrame({"policy": [r["label"] + (f" (λ={r['lambda_']:g})" if r["policy"] == "de3" else "")
+                                     for r in table.to_dict("records")]})
+    for col in [c for c in table.columns if c.endswith("x")]:
+        shown[f"best at ≥{col}"] = [derive.fmt_metric(v, metric) for v in table[col]]
+    shown["AUC 1–3×"] = [derive.fmt_metric(v, metric) for v in table["auc"]]
+    shown["fastest"] = [f"{v:.2f}×" for v in table["max_speedup"]]
+    shown["note"] = table["note"]
+    return shown
+
+
+def _adopt_clicked_setting() -> None:
+    """A point clicked on the trade-off chart becomes the current policy (the sidebar follows)."""
+    event = st.session_state.get("to_chart")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    for point in points:
+        custom = point.get("customdata")
+        if not isinstance(custom, list) or len(custom) != 5 or custom[0] not in POLICY_LABELS:
+            continue
+        name, tau, lambda_, patience, layer = custom
+        if name in derive.THRESHOLD_POLICIES and tau is None:
+            st.toast("That end point is τ = ∞: everyone leaves at layer 1 (the static exit at layer 1 does the same).")
+            return
+        kwargs = {k: v for k, v in (("tau", tau), ("lambda_", lambda_)) if v is not None}
+        kwargs.update({k: int(v) for k, v in (("patience", patience), ("layer", layer)) if v is not None})
+        current = state.current_policy()
+        base = {"tau": current.tau, "lambda_": current.lambda_, "patience": current.patience, "layer": current.layer}
+        state.set_policy(ExitPolicy(name, **{**base, **kwargs}))
+        st.toast(f"Now using {ExitPolicy(name, **{**base, **kwargs}).describe()}")
+        return
+
+
+def render() -> None:
+    ctx = state.require_trace()
+    if ctx is None:
+        return
+    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    L, metric = trace.num_layers, trace.metric
+    st.title("Trade-off explorer")
+    st.markdown("Every exit policy's **metric vs speed-up**, from one recorded trace. Choose the policy and move τ, λ, "
+                "patience or the static layer **in the sidebar**: that only re-applies the exit rule to recorded numbers "
+                "(≈1 ms), it never re-runs BERT.")
+
+    result = evaluate_policy(trace, policy)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("speed-up", f"{result['speedup']:.2f}×")
+    c2.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric))
+    c3.metric("saved fraction", f"{100 * result['saved_fraction']:.1f}%")
+    c4.metric("FLOPs ratio", f"{100 * result['flops_ratio']:.1f}%")
+    if result["exit_counts"][-1] == trace.num_samples:
+        st.warning(f"No sample can exit before the last layer ({L}) with {policy.describe()}: "
+                   f"{derive.no_early_exit_hint(trace, policy)}.")
+
+    curves = cache.get_sweep(ref, policy.lambda_, policy.patience)
+    o1, o2, o3 = st.columns([2, 1, 1])
+    x = o1.segmented_control("x axis", ["speedup", "flops"], default="speedup", key="to_x",
+                             format_func={"speedup": "speed-up (layers)", "flops": "speed-up (FLOPs)"}.get) or "speedup"
+    frontier_only = o2.toggle("frontier only", key="to_frontier",
+                              help="Each policy's upper envelope: the best metric among its settings at a speed-up ≥ s.")
+    other_lambdas = o3.toggle("DE3 at other λ", key="to_lambdas", help="Adds DE3 curves at other λ (click the legend).")
+    fig = charts.tradeoff_chart(curves, current=result, current_label=policy.describe(), lambda_=policy.lambda_,
+                                patience=policy.patience, metric_title=derive.metric_title(metric), x=x,
+                                frontier_only=frontier_only, other_lambdas=other_lambdas)
+    st.plotly_chart(fig, key="to_chart", on_select=_adopt_clicked_setting, selection_mode="points")
+    st.caption("**Click any point** to make that setting the current one. Each line is one policy swept over its parameter (≈100 data-driven thresholds; PABEE over patience; "
+               "static over layers). Oracle = first correct layer (uses labels: an upper bound). Speed-up = L / mean exit "
+               "layer; FLOPs speed-up = full-model FLOPs / early-exit FLOPs (exit heads included).")
+
+    st.subheader("Matched speed-up")
+    st.markdown("Best metric a policy reaches **at a speed-up of at least** 1.5×, 2× and 3×, and the area under its "
+                "frontier from 1× to 3× (its mean metric over that range; – when it cannot reach 3×).")
+    table = cache.get_matched(ref, policy.lambda_)
+    st.dataframe(matched_table_view(table, metric), hide_index=True, width="stretch", key="to_matched")
+
+    st.subheader("Where the threshold cuts, layer by layer")
+    sig = derive.policy_signal(trace, policy)
+    signal_names = {"edr": f"EDR (λ={policy.lambda_:g})", "entropy": "entropy", "dr": "DR",
+                    "max_prob": "1 − max-probability"}
+    default = sig[0] if sig else "edr"
+    h1, h2, h3 = st.columns([2, 1, 1])
+    chosen = h1.segmented_control("signal", list(signal_names), default=default, format_func=signal_names.get,
+                                  key=f"to_signal_{default}") or default
+    only_active = h2.toggle("only samples still running", key="to_active",
+                            help="At layer m, count only the samples that have not exited before m under the current policy.")
+    log_x = h3.toggle("log scale", value=True, key="to_log")
+    values = derive.signals(trace, policy.lambda_)[chosen]
+    tau = policy.tau if (sig is not None and sig[0] == chosen) else None
+    if chosen == "max_prob":
+        values = 1.0 - values
+        tau = None if tau is None else 1.0 - tau
+    active = None
+    if only_active:
+        exit_layer = decide_exits(trace.wide, policy).exit_layer
+        active = np.arange(1, L + 1)[None, :] <= exit_layer[:, None]
+    st.plotly_chart(charts.signal_histograms(values, trace.wide["correct"], tau=tau, signal_label=signal_names[chosen],
+                                             active=active, log_x=log_x), key="to_hist")
+    if tau is None:
+        st.caption(f"{POLICY_LABELS[policy.name]} does not compare {signal_names[chosen]} with τ, so no threshold line. "
+                   "Samples left of the dashed line exit at that layer (if they have not exited before).")
+    else:
+        st.caption("The dashed line is τ: a sample left of it passes the exit test at that layer (and leaves at the "
+                   "first such layer). Red bars left of the line are the wrong answers that threshold lets out.")
+
+
+render()

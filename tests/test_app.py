@@ -1,0 +1,310 @@
+"""Headless runs of every page of the Streamlit app (streamlit.testing.v1.AppTest) on the shipped default.
+
+Each test checks that a page runs without an exception, that its key widgets and charts exist, and that moving
+a widget changes what is shown. The model and trace caches are shared by all AppTest sessions of this process
+(as by the sessions of a real server), so only the first test pays for loading them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ["DE3_APP_WARMUP"] = "0"  # no background numba compile while the tests run
+
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "streamlit_app.py")
+CHECKPOINT = REPO / "pretrained" / "bbc-minilm-l6"
+TIMEOUT = 180
+
+pytestmark = pytest.mark.skipif(not (CHECKPOINT / "config.json").is_file(),
+                                reason="the shipped checkpoint pretrained/bbc-minilm-l6 is not present")
+
+
+def app(**query) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"method": "pca", **query})  # PCA maps: no numba compile in the tests
+    return at.run()
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r} among {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def number(text: str) -> float:
+    return float(re.search(r"-?\d+(\.\d+)?", text).group())
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def values(array) -> list:
+    """A plotly JSON array: a plain list, or {"bdata": base64, "dtype": ...} for numpy data."""
+    if isinstance(array, dict) and "bdata" in array:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    return ok(at.switch_page(f"app/pages/{page}.py").run())
+
+
+# ---- pages ---------------------------------------------------------------------------------------------------
+
+
+def test_overview_shows_the_default_trace_and_reacts_to_tau():
+    at = ok(app())
+    assert "DE3-BERT" in at.title[0].value
+    assert len(charts(at)) == 2  # each exit's metric, exit-layer distribution
+    assert at.select_slider(key="w_tau_de3").value == 0.02
+    assert at.selectbox(key="w_policy").value == "de3"
+    before = number(metric(at, "speed-up"))
+    assert {"accuracy", "speed-up", "saved fraction", "FLOPs ratio"} <= {m.label for m in at.metric}
+    ok(at.select_slider(key="w_tau_de3").set_value(0.002).run())
+    after = number(metric(at, "speed-up"))
+    assert after < before  # a lower threshold lets fewer samples out early
+    assert at.query_params["tau"] == "0.002"
+
+
+def test_tradeoff_curves_table_histograms_and_no_exit_warning():
+    at = goto(app(), "tradeoff")
+    assert at.title[0].value == "Trade-off explorer"
+    specs = charts(at)
+    assert len(specs) == 2  # trade-off chart + histograms
+    names = {t.get("name") for t in specs[0]["data"]}
+    assert {"current setting", "oracle", "static exit"} <= names and any(n and n.startswith("DE3-BERT") for n in names)
+    assert len(at.dataframe) == 1  # matched speed-up table
+    before = number(metric(at, "speed-up"))
+    current_x = values(next(t for t in specs[0]["data"] if t.get("name") == "current setting")["x"])[0]
+    assert abs(current_x - before) < 0.01
+    ok(at.select_slider(key="w_tau_de3").set_value(0.005).run())
+    assert number(metric(at, "speed-up")) < before
+    assert not at.warning
+    ok(at.select_slider(key="w_tau_de3").set_value(0.0).run())  # τ = 0: nobody can exit early
+    assert number(metric(at, "speed-up")) == 1.0
+    assert any("No sample can exit before the last layer" in w.value for w in at.warning)
+
+
+def test_tradeoff_other_policies_and_their_widgets():
+    at = goto(app(), "tradeoff")
+    ok(at.selectbox(key="w_policy").set_value("pabee").run())
+    assert at.slider(key="w_patience").value == 2
+    one = number(metric(at, "speed-up"))
+    ok(at.slider(key="w_patience").set_value(4).run())
+    assert number(metric(at, "speed-up")) < one
+    ok(at.selectbox(key="w_policy").set_value("static").run())
+    ok(at.slider(key="w_layer").set_value(3).run())
+    assert metric(at, "speed-up") == "2.00×"
+    ok(at.selectbox(key="w_policy").set_value("de3").run())  # back: DE3 kept its own τ
+    assert at.select_slider(key="w_tau_de3").value == 0.02
+
+
+def test_prototype_map_layers_colours_and_selection():
+    at = goto(app(), "prototype_map")
+    spec = charts(at)[0]
+    protos = next(t for t in spec["data"] if t.get("name") == "class prototypes")
+    assert len(values(protos["x"])) == 5  # the five BBC classes, projected with the samples
+    samples = sum(len(values(t["x"])) for t in spec["data"] if t.get("customdata") is not None)
+    assert samples == 222
+    ok(at.slider(key="w_map_layer").set_value(1).run())
+    assert at.query_params["map_layer"] == "1"
+    moved = next(t for t in charts(at)[0]["data"] if t.get("name") == "class prototypes")
+    assert values(moved["x"]) != values(protos["x"])  # another layer, another map
+    ok(at.segmented_control(key="w_map_color").set_value("correct").run())
+    assert any(t.get("name", "").startswith("right") for t in charts(at)[0]["data"])
+    at.session_state["map_selected"] = [7]  # what the chart's on_select callback stores
+    ok(at.run())
+    names = [t.get("name", "") for t in charts(at)[0]["data"]]
+    assert any(n.startswith("r1 = ") for n in names) and any(n.startswith("r2 = ") for n in names)
+    assert len(at.dataframe) == 1 and at.button(key="map_inspect").label == "Inspect sample 7"
+    ok(at.button(key="map_inspect").click().run())
+    assert at.title[0].value == "Sample inspector" and any("Sample 7" in h.value for h in at.subheader)
+
+
+def test_inspector_from_url_and_widgets():
+    at = ok(app(sample="7"))
+    at = goto(at, "inspector")
+    assert any("Sample 7" in h.value for h in at.subheader)
+    assert len(charts(at)) == 4  # signals, probabilities, distances, policy strip
+    exit_before = metric(at, "exits at layer")
+    ok(at.select_slider(key="w_tau_de3").set_value(0.0001).run())
+    assert metric(at, "exits at layer") != exit_before
+    ok(at.number_input(key="w_insp_id").set_value(12).run())
+    assert any("Sample 12" in h.value for h in at.subheader)
+    assert at.query_params["sample"] == "12"
+    ok(at.text_input(key="w_insp_query").input("minister").run())
+    assert at.selectbox(key="w_insp_hit") is not None
+
+
+def test_misclassified_buckets_and_jump_to_inspector():
+    at = goto(app(), "misclassified")
+    assert at.title[0].value == "Misclassified early exits"
+    assert {"premature exits", "missed chances", "hopeless", "wasted layers"} <= {m.label for m in at.metric}
+    assert len(charts(at)) == 2  # buckets, confusion matrix
+    for bucket in ("hopeless", "missed", "premature", "wasted"):  # the first bucket with samples in it
+        ok(at.segmented_control(key="w_mis_bucket").set_value(bucket).run())
+        picks = [sb for sb in at.selectbox if (sb.key or "").startswith("mis_pick_")]
+        if picks:
+            break
+    pick = picks[0].value
+    ok(at.button(key="mis_open").click().run())
+    assert at.title[0].value == "Sample inspector"
+    assert any(f"Sample {pick}" in h.value for h in at.subheader)
+
+
+def test_playground_real_early_exit():
+    at = goto(app(), "playground")
+    assert at.text_area(key="pg_text").value
+    table = at.dataframe[0].value
+    assert list(table["layer"]) == [1, 2, 3, 4, 5, 6]
+    assert any(s.value.startswith("Exited at layer") for s in at.success)
+    ok(at.text_area(key="pg_text").input("The striker scored twice as the champions won the cup final.").run())
+    assert "sports" in " ".join(at.dataframe[0].value["prediction"])
+
+
+def test_export_downloads_and_share_link():
+    at = goto(app(policy="entropy", tau="0.05"), "export")
+    keys = {b.key for b in at.get("download_button")}
+    link = at.code[0].value
+    assert "policy=entropy" in link and "tau=0.05" in link
+    assert len(charts(at)) == 1
+    assert {"ex_trace_csv", "ex_trace_parquet", "ex_samples_csv", "ex_exits", "ex_curves", "ex_html"} <= keys
+    assert any("kaleido" in i.value for i in at.info) or "ex_png" in keys
+
+
+# ---- state ---------------------------------------------------------------------------------------------------
+
+
+def test_two_sessions_do_not_share_settings():
+    a, b = app(), app()
+    ok(a.select_slider(key="w_tau_de3").set_value(0.2).run())
+    ok(b.select_slider(key="w_tau_de3").set_value(0.001).run())
+    ok(a.run())
+    ok(b.run())
+    assert a.session_state["policy"]["tau"]["de3"] == 0.2
+    assert b.session_state["policy"]["tau"]["de3"] == 0.001
+    assert number(metric(a, "speed-up")) > number(metric(b, "speed-up"))
+    assert a.query_params["tau"] == "0.2" and b.query_params["tau"] == "0.001"
+
+
+def test_url_settings_are_read_on_load():
+    at = ok(app(policy="pcee", tau="0.03", patience="3"))
+    assert at.selectbox(key="w_policy").value == "pcee"
+    assert at.select_slider(key="w_tau_pcee").value == 0.03  # off the grid: inserted, not snapped
+    assert at.slider(key="w_patience").value == 3
+    assert at.query_params["policy"] == "pcee" and at.query_params["patience"] == "3"
+
+
+def test_user_errors_are_shown_not_raised():
+    at = ok(app(ckpt="/no/such/checkpoint", policy="nonsense"))
+    assert any("not found" in e.value for e in at.error)
+    assert any("unknown policy" in w.value for w in at.warning)
+    at = goto(at, "tradeoff")  # every page explains instead of crashing
+    assert any("No trace to show" in e.value for e in at.error)
+
+
+# ---- the pure helpers behind the pages ---------------------------------------------------------------------
+
+
+def _synthetic_trace(correct_rows):
+    """A trace whose per-layer right/wrong pattern is given: (N, L) of 0/1, label 0, K = 2."""
+    import numpy as np
+
+    from analysis.trace import trace_from_outputs
+
+    correct = np.asarray(correct_rows, dtype=bool)
+    n, L = correct.shape
+    logits = np.where(correct.T[..., None], [[3.0, 0.0]], [[0.0, 3.0]]).astype(np.float32)  # (L, N, 2)
+    distances = np.ones((L, n, 2), dtype=np.float32)
+    return trace_from_outputs(logits, distances, np.zeros(n, dtype=int))
+
+
+def test_taxonomy_buckets_by_hand():
+    import numpy as np
+
+    from analysis.policies import ExitDecision
+    from app.derive import taxonomy
+
+    trace = _synthetic_trace([
+        [0, 1, 1, 1],  # exits at 4, right since layer 2 -> wasted 2 layers
+        [0, 0, 1, 1],  # exits at 3, right first at 3 -> efficient
+        [1, 0, 0, 1],  # exits at 2, wrong there, right at L -> premature
+        [1, 1, 0, 0],  # exits at 3, wrong, wrong at L, right before -> missed chance
+        [0, 0, 0, 0],  # wrong everywhere -> hopeless
+        [1, 1, 1, 1],  # exits at 1 -> efficient
+    ])
+    exit_layer = np.array([4, 3, 2, 3, 4, 1])
+    pred = np.asarray(trace.wide["pred"])[np.arange(6), exit_layer - 1]
+    tax = taxonomy(trace, ExitDecision(exit_layer, pred))
+    assert tax["bucket"].tolist() == ["wasted", "efficient", "premature", "missed", "hopeless", "efficient"]
+    assert tax["wasted_layers"].tolist() == [2, 0, 0, 0, 0, 0]
+    assert tax["settled_from"].tolist()[:2] == [2.0, 3.0]
+    assert tax["first_correct"].fillna(-1).tolist() == [2, 3, 1, 1, -1, 1]
+
+
+def test_matched_settings_pick_the_best_at_least_as_fast():
+    import pandas as pd
+
+    from app.derive import matched_settings
+
+    curves = pd.DataFrame({
+        "policy": ["entropy"] * 3 + ["static"] * 2, "label": "x",
+        "tau": [0.1, 0.2, 0.3, float("nan"), float("nan")], "lambda_": float("nan"),
+        "patience": float("nan"), "layer": [float("nan")] * 3 + [1.0, 2.0],
+        "speedup": [1.5, 2.0, 3.0, 4.0, 2.0], "metric": [0.9, 0.85, 0.8, 0.7, 0.75],
+        "saved_fraction": 0.0, "mean_exit_layer": 1.0, "flops_ratio": 1.0,
+    })
+    got = matched_settings(curves, 1.8)
+    assert got["entropy"][0].tau == 0.2  # best metric among speed-ups >= 1.8
+    assert got["static"][0].layer == 2
+    assert matched_settings(curves, 5.0)["entropy"][0].tau == 0.3  # none fast enough: the fastest
+
+
+def test_tau_grid_keeps_an_off_grid_value_from_a_link():
+    from app.derive import LOG_GRID, tau_grid
+
+    assert 0.0 in LOG_GRID and 1.0 in LOG_GRID and sorted(LOG_GRID) == list(LOG_GRID)
+    assert 0.0123 in tau_grid("de3", 0.0123)
+    assert all(0 <= t <= 1 for t in tau_grid("maxprob")) and 0.99 in tau_grid("maxprob")
+
+
+def test_trace_folders_never_point_into_the_repo_for_computed_traces(tmp_path, monkeypatch):
+    from app import sources
+
+    monkeypatch.setenv("DE3_CACHE_DIR", str(tmp_path))
+    default = sources.TraceSource()
+    if sources.shipped_trace(default) is not None:
+        assert sources.trace_folder(default).name == "trace-test"
+    other = sources.TraceSource(split="validation", max_samples=10)
+    folder = sources.trace_folder(other)
+    assert folder.parent == tmp_path / "traces"
+    assert folder == sources.trace_folder(other)  # same source, same folder
+    assert folder != sources.trace_folder(sources.TraceSource(split="validation", max_samples=11))
+
+
+def test_analysis_does_not_import_streamlit():
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.projection, analysis.trace, app.derive, app.sources, app.charts; "
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,78 @@
+"""Property tests (hypothesis): invariants of the signals, the policies and the curve sweep on random inputs."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from analysis.curves import evaluate_policy, sweep
+from analysis.policies import ExitPolicy, decide_exits
+from analysis.signals import distance_ratio, edr
+from analysis.trace import trace_from_outputs
+
+positive = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+lambdas = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+
+
+@given(positive, positive)
+def test_dr_in_unit_interval(r1, r2):
+    dr = distance_ratio(np.float64(r1), np.float64(r2))
+    assert 0.0 <= dr <= 1.0
+    assert (dr < 0.5) == (r1 < r2) or abs(r1 - r2) <= 1e-9 * max(r1, r2, 1.0)
+
+
+@given(unit, unit, lambdas)
+def test_edr_between_dr_and_entropy(dr, ent, lam):
+    value = edr(np.float64(dr), np.float64(ent), lam)
+    lo, hi = min(dr, ent), max(dr, ent)
+    assert lo - 1e-9 <= value <= hi + 1e-9
+
+
+@st.composite
+def traces(draw):
+    layers = draw(st.integers(2, 6))
+    n = draw(st.integers(1, 30))
+    k = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=draw(st.floats(0.1, 5.0)), size=(layers, n, k))
+    distances = rng.uniform(0.0, 3.0, size=(layers, n, k))
+    labels = rng.integers(0, k, n)
+    return trace_from_outputs(logits, distances, labels, metric=draw(st.sampled_from(["accuracy", "mcc"])))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(["de3", "dr", "entropy", "pcee"]), unit, unit, lambdas)
+def test_lower_tau_never_raises_speedup(trace, name, t1, t2, lam):
+    low, high = sorted((t1, t2))
+    s_low = evaluate_policy(trace, ExitPolicy(name, tau=low, lambda_=lam))["speedup"]
+    s_high = evaluate_policy(trace, ExitPolicy(name, tau=high, lambda_=lam))["speedup"]
+    assert s_low <= s_high + 1e-12
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_extreme_thresholds(trace):
+    L = trace.num_layers
+    assert (decide_exits(trace.wide, ExitPolicy("de3", tau=float("inf"))).exit_layer == 1).all()
+    assert (decide_exits(trace.wide, ExitPolicy("entropy", tau=0.0)).exit_layer == L).all()
+    assert (decide_exits(trace.wide, ExitPolicy("maxprob", tau=1.0)).exit_layer == L).all()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_sweep_never_raises_and_stays_in_range(trace):
+    curves = sweep(trace)
+    assert len(curves) > 0
+    assert ((curves.speedup >= 1 - 1e-12) & (curves.speedup <= trace.num_layers + 1e-12)).all()
+    assert ((curves.saved_fraction >= -1e-12) & (curves.saved_fraction < 1)).all()
+    assert curves.metric.between(-1, 1).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(arrays(np.float64, st.integers(1, 20), elements=positive), arrays(np.float64, st.integers(1, 20), elements=positive))
+def test_dr_vectorised_equals_scalar(a, b):
+    n = min(len(a), len(b))
+    vec = distance_ratio(a[:n], b[:n])
+    assert np.allclose(vec, [distance_ratio(x, y) for x, y in zip(a[:n], b[:n])])
