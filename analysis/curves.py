@@ -62,7 +62,7 @@ class CurveError(DE3Error, ValueError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _confusion(labels: np.ndarray, answers: np.ndarray, num_labels: int) -> np.ndarray:
+def confusion_counts(labels: np.ndarray, answers: np.ndarray, num_labels: int) -> np.ndarray:
     """Confusion counts [true, predicted] of every column of ``answers``: (N,), (N, S) -> (S, K, K)."""
     k2 = num_labels * num_labels
     settings = answers.shape[1]
@@ -226,7 +226,7 @@ def evaluate_policy(trace, policy: ExitPolicy) -> dict:
     decision = decide_exits(trace.wide, policy)
     num_layers = trace.num_layers
     mean_exit = float(decision.exit_layer.mean())
-    confusion = _confusion(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
+    confusion = confusion_counts(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
                            trace.num_labels)
     return {
         "speedup": num_layers / mean_exit,
@@ -243,7 +243,7 @@ def per_layer_metric(trace) -> pd.DataFrame:
     ctx = _Context.of(trace)
     num_layers = ctx.shape[1]
     layers = np.arange(1, num_layers + 1)
-    metric = score(ctx.metric, _confusion(ctx.labels, ctx.pred, ctx.num_labels))
+    metric = score(ctx.metric, confusion_counts(ctx.labels, ctx.pred, ctx.num_labels))
     return pd.DataFrame({"layer": layers, "speedup": num_layers / layers, "metric": metric})
 
 
@@ -442,12 +442,17 @@ def best_setting_at(curve_df: pd.DataFrame, policy: str, speedup: float, lambda_
     rows = rows[rows["speedup"].to_numpy() >= speedup * (1 - _TOL)]
     if rows.empty:
         return None
-    row = rows.sort_values(["metric", "speedup"], ascending=False).iloc[0]
-    params = {k: row[k] for k in ("tau", "lambda_", "patience", "layer") if not pd.isna(row[k])}
-    for k in ("patience", "layer"):
-        if k in params:
-            params[k] = int(params[k])
-    return ExitPolicy(policy, **{k: (v if k in ("patience", "layer") else float(v)) for k, v in params.items()})
+    return policy_from_row(rows.sort_values(["metric", "speedup"], ascending=False).iloc[0])
+
+
+def policy_from_row(row) -> ExitPolicy:
+    """The ``ExitPolicy`` of one ``sweep`` row (parameters a policy does not use are NaN there)."""
+    kwargs = {}
+    for key, cast in (("tau", float), ("lambda_", float), ("patience", int), ("layer", int)):
+        value = row[key]
+        if value is not None and not pd.isna(value):
+            kwargs[key] = cast(value)
+    return ExitPolicy(row["policy"], **kwargs)
 
 
 def frontier_auc(front: pd.DataFrame, max_speedup: float = DEFAULT_MAX_SPEEDUP) -> float:
@@ -679,7 +684,7 @@ def paired_bootstrap(trace, policy_a: ExitPolicy, policy_b: ExitPolicy, n_boot: 
     labels = np.asarray(trace.labels, dtype=np.int64)
     k, metric, n = trace.num_labels, trace.metric, trace.num_samples
     answers = np.stack([decide_exits(trace.wide, p).pred for p in (policy_a, policy_b)], axis=1).astype(np.int64)  # (N, 2)
-    metric_a, metric_b = score(metric, _confusion(labels, answers, k))
+    metric_a, metric_b = score(metric, confusion_counts(labels, answers, k))
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     chunk = max(1, 2_000_000 // n)  # bounded memory: chunk x N indices at a time

@@ -25,8 +25,8 @@ import torch
 
 from . import batching
 from .errors import DE3Error
-from .policies import POLICY_INPUTS, ExitPolicy, exit_mask
-from .signals import edr, exit_signals
+from .policies import POLICY_INPUTS, ExitPolicy, exit_mask, threshold_signal
+from .signals import exit_signals
 
 # Encoders whose forward is embeddings -> create_bidirectional_mask -> encoder.layer[i](hidden, mask), the
 # steps this engine replays one layer at a time (MiniLM checkpoints are "bert").
@@ -176,14 +176,12 @@ def _check_policy(policy: ExitPolicy) -> None:
 
 
 def threshold_values(signals: Mapping[str, np.ndarray], policy: ExitPolicy) -> np.ndarray:
-    """The (N, L) values ``policy``'s threshold τ is compared with: EDR(λ) for de3, entropy for entropy and
-    pcee, DR for dr, max_prob for maxprob. For choosing τ from a trace (``trace.wide``)."""
-    if policy.name == "de3":
-        return edr(np.asarray(signals["dr"]), np.asarray(signals["entropy"]), policy.lambda_)
-    column = {"dr": "dr", "entropy": "entropy", "pcee": "entropy", "maxprob": "max_prob"}.get(policy.name)
-    if column is None:
+    """The (N, L) values ``policy``'s threshold τ is compared with (``policies.threshold_signal``); for choosing τ
+    from a trace (``trace.wide``). Raises for policies without a threshold."""
+    values = threshold_signal(signals, policy)
+    if values is None:
         raise DE3Error(f"policy {policy.name!r} has no threshold")
-    return np.asarray(signals[column])
+    return values
 
 
 def safe_threshold(values, target: float) -> float:

@@ -43,6 +43,10 @@ POLICY_INPUTS = {
 }
 
 
+# the signal each threshold policy compares with τ ("edr" is computed from entropy and DR with the policy's λ)
+THRESHOLD_SIGNAL = {"de3": "edr", "dr": "dr", "entropy": "entropy", "pcee": "entropy", "maxprob": "max_prob"}
+
+
 @dataclass(frozen=True)
 class ExitPolicy:
     """An exit rule and its parameters. Frozen, so it is hashable and can key caches.
@@ -85,7 +89,7 @@ class ExitPolicy:
         return f"{self.label}" + (f" ({params})" if params else "")
 
 
-def _runs(cond: np.ndarray) -> np.ndarray:
+def run_lengths(cond: np.ndarray) -> np.ndarray:
     """Length of the run of True ending at each column: (N, M) bool -> (N, M) int."""
     out = np.zeros(cond.shape, dtype=np.int32)
     run = np.zeros(cond.shape[0], dtype=np.int32)
@@ -109,17 +113,28 @@ def exit_mask(policy: ExitPolicy, signals: Mapping[str, np.ndarray]) -> np.ndarr
     if p.name == "maxprob":
         return arrays["max_prob"] > p.tau
     if p.name == "pcee":
-        return _runs(arrays["entropy"] < p.tau) >= p.patience
+        return run_lengths(arrays["entropy"] < p.tau) >= p.patience
     if p.name == "pabee":
         pred = arrays["pred"]
         unchanged = np.zeros(pred.shape, dtype=bool)
         unchanged[:, 1:] = pred[:, 1:] == pred[:, :-1]
-        return _runs(unchanged) >= p.patience  # PABEE: `patience` consecutive unchanged predictions
+        return run_lengths(unchanged) >= p.patience  # PABEE: `patience` consecutive unchanged predictions
     if p.name == "oracle":
         return arrays["correct"].astype(bool)
     # static: compare the 1-based layer index of each column with the chosen layer
     n, m = _shape(signals)
     return np.broadcast_to(np.arange(1, m + 1) >= p.layer, (n, m))
+
+
+def threshold_signal(signals: Mapping[str, np.ndarray], policy: ExitPolicy) -> np.ndarray | None:
+    """The (N, L) values ``policy``'s τ is compared with (EDR(λ) for de3, entropy for entropy and pcee, DR for
+    dr, max_prob for maxprob), or None for policies without a threshold (pabee, static, oracle)."""
+    name = THRESHOLD_SIGNAL.get(policy.name)
+    if name is None:
+        return None
+    if name == "edr":
+        return edr(np.asarray(signals["dr"]), np.asarray(signals["entropy"]), policy.lambda_)
+    return np.asarray(signals[name])
 
 
 def _shape(signals: Mapping[str, np.ndarray]) -> tuple[int, int]:

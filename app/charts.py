@@ -400,7 +400,7 @@ def confusion_heatmap(matrix: np.ndarray, *, class_names: list[str], title: str 
 
 
 def bucket_bars(counts: pd.DataFrame) -> go.Figure:
-    """Samples per error bucket (``derive.bucket_counts``)."""
+    """Samples per error bucket (``taxonomy.bucket_counts``)."""
     fig = go.Figure(go.Bar(x=counts["count"], y=counts["label"], orientation="h",
                            marker_color=[BUCKET_COLORS[b] for b in counts["bucket"]],
                            text=[f"{c} ({100 * s:.1f}%)" for c, s in zip(counts["count"], counts["share"])],

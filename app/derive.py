@@ -16,7 +16,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.policies import POLICIES, ExitDecision, ExitPolicy
+from analysis.curves import policy_from_row
+from analysis.policies import POLICIES, THRESHOLD_SIGNAL, ExitPolicy, threshold_signal
 from analysis.signals import edr
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,10 +72,8 @@ def signals(trace, lambda_: float) -> dict[str, np.ndarray]:
 
 def policy_signal(trace, policy: ExitPolicy) -> tuple[str, np.ndarray] | None:
     """(signal name, (N, L) values) that ``policy``'s τ is compared with, or None for pabee, static, oracle."""
-    name = SIGNAL_OF_POLICY.get(policy.name)
-    if name is None:
-        return None
-    return name, signals(trace, policy.lambda_)[name]
+    values = threshold_signal(trace.wide, policy)
+    return None if values is None else (THRESHOLD_SIGNAL[policy.name], values)
 
 
 def exit_test_text(policy: ExitPolicy) -> str:
@@ -112,121 +111,8 @@ def no_early_exit_hint(trace, policy: ExitPolicy) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Error taxonomy under a policy
-# ---------------------------------------------------------------------------------------------------------
-
-BUCKETS = ("efficient", "wasted", "premature", "missed", "hopeless")
-BUCKET_LABELS = {
-    "efficient": "right, no layer wasted",
-    "wasted": "right, but kept going (wasted layers)",
-    "premature": "premature exit (wrong at exit, right at the last layer)",
-    "missed": "missed chance (wrong at exit and at the last layer, right somewhere)",
-    "hopeless": "hopeless (wrong at every layer)",
-}
-BUCKET_DEFINITIONS = {
-    "efficient": "The exit answer is right and the layer before the exit was wrong (or the exit is layer 1): "
-                 "no earlier layer could have given a right answer that stayed right until the exit.",
-    "wasted": "The exit answer is right, and the prediction was already right at every layer from some m < exit "
-              "layer on. Wasted layers = exit layer − m (the smallest such m): computed although the answer "
-              "had already settled.",
-    "premature": "The exit layer e < L answers wrong, but the last layer L would have been right: "
-                 "the sample left too early.",
-    "missed": "Wrong at the exit and wrong at the last layer, but right at some layer in between (or before): "
-              "a layer that knew the answer was passed by.",
-    "hopeless": "Wrong at every layer: no exit policy could have answered it right.",
-}
-
-
-def taxonomy(trace, decision: ExitDecision, policy: ExitPolicy | None = None) -> pd.DataFrame:
-    """One row per sample: where it left, whether it was right, and its bucket (see ``BUCKET_DEFINITIONS``).
-
-    Columns: sample_id, label, pred (exit answer), exit_layer, correct, bucket, settled_from (first layer of
-    the run of right answers ending at the exit; NaN when the exit is wrong), wasted_layers, first_correct
-    (first layer with a right answer; NaN if none), last_correct (right at layer L), signal_at_exit (the
-    policy's τ-compared value at the exit layer, when it has one), confidence_at_exit (max-probability).
-    """
-    correct = np.asarray(trace.wide["correct"], dtype=bool)  # (N, L)
-    n, L = correct.shape
-    rows = np.arange(n)
-    e = np.asarray(decision.exit_layer)  # 1-based
-    right = correct[rows, e - 1]
-    # length of the run of right answers ending at each layer, then at the exit layer
-    run = np.zeros_like(correct, dtype=np.int32)
-    acc = np.zeros(n, dtype=np.int32)
-    for m in range(L):
-        acc = np.where(correct[:, m], acc + 1, 0)
-        run[:, m] = acc
-    run_at_exit = run[rows, e - 1]
-    settled_from = np.where(right, e - run_at_exit + 1, np.nan)
-    wasted = np.where(right, run_at_exit - 1, 0)
-    any_right = correct.any(1)
-    first_correct = np.where(any_right, correct.argmax(1) + 1, np.nan)
-    last_right = correct[:, -1]
-
-    bucket = np.where(right, np.where(wasted > 0, "wasted", "efficient"),
-                      np.where(~any_right, "hopeless",
-                               np.where((e < L) & last_right, "premature", "missed")))
-    out = pd.DataFrame({
-        "sample_id": trace.samples["sample_id"].to_numpy(),
-        "label": trace.labels,
-        "pred": decision.pred,
-        "exit_layer": e,
-        "correct": right,
-        "bucket": bucket,
-        "settled_from": settled_from,
-        "wasted_layers": wasted,
-        "first_correct": first_correct,
-        "last_correct": last_right,
-        "confidence_at_exit": np.asarray(trace.wide["max_prob"])[rows, e - 1],
-    })
-    if policy is not None:
-        sig = policy_signal(trace, policy)
-        if sig is not None:
-            out["signal_at_exit"] = sig[1][rows, e - 1]
-    return out
-
-
-def bucket_counts(tax: pd.DataFrame) -> pd.DataFrame:
-    counts = tax["bucket"].value_counts().reindex(BUCKETS, fill_value=0)
-    return pd.DataFrame({"bucket": BUCKETS, "label": [BUCKET_LABELS[b] for b in BUCKETS],
-                         "count": counts.to_numpy(), "share": counts.to_numpy() / max(len(tax), 1)})
-
-
-def ranked(tax: pd.DataFrame, bucket: str) -> pd.DataFrame:
-    """The samples of one bucket, most instructive first.
-
-    premature / missed: most confident wrong exits first (highest max-probability at the exit);
-    wasted: most wasted layers first; hopeless: most confident wrong final answers first;
-    efficient: earliest exits first.
-    """
-    part = tax[tax["bucket"] == bucket]
-    if bucket in ("premature", "missed", "hopeless"):
-        return part.sort_values(["confidence_at_exit", "sample_id"], ascending=[False, True])
-    if bucket == "wasted":
-        return part.sort_values(["wasted_layers", "sample_id"], ascending=[False, True])
-    return part.sort_values(["exit_layer", "sample_id"])
-
-
-def confusion(labels: np.ndarray, preds: np.ndarray, num_labels: int) -> np.ndarray:
-    """(K, K) counts [true, predicted]."""
-    return np.bincount(np.asarray(labels, dtype=np.int64) * num_labels + np.asarray(preds, dtype=np.int64),
-                       minlength=num_labels * num_labels).reshape(num_labels, num_labels)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Comparing policies at a matched speed-up
 # ---------------------------------------------------------------------------------------------------------
-
-
-def policy_from_row(row) -> ExitPolicy:
-    """The ExitPolicy of one ``curves.sweep`` row."""
-    kw = {}
-    for col, key, cast in (("tau", "tau", float), ("lambda_", "lambda_", float), ("patience", "patience", int),
-                           ("layer", "layer", int)):
-        value = row[col]
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            kw[key] = cast(value)
-    return ExitPolicy(row["policy"], **kw)
 
 
 def matched_settings(curves: pd.DataFrame, speedup: float, *, lambda_: float | None = None,

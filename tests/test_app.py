@@ -241,7 +241,7 @@ def test_taxonomy_buckets_by_hand():
     import numpy as np
 
     from analysis.policies import ExitDecision
-    from app.derive import taxonomy
+    from analysis.taxonomy import confusion, error_buckets
 
     trace = _synthetic_trace([
         [0, 1, 1, 1],  # exits at 4, right since layer 2 -> wasted 2 layers
@@ -253,11 +253,12 @@ def test_taxonomy_buckets_by_hand():
     ])
     exit_layer = np.array([4, 3, 2, 3, 4, 1])
     pred = np.asarray(trace.wide["pred"])[np.arange(6), exit_layer - 1]
-    tax = taxonomy(trace, ExitDecision(exit_layer, pred))
+    tax = error_buckets(trace, ExitDecision(exit_layer, pred))
     assert tax["bucket"].tolist() == ["wasted", "efficient", "premature", "missed", "hopeless", "efficient"]
     assert tax["wasted_layers"].tolist() == [2, 0, 0, 0, 0, 0]
     assert tax["settled_from"].tolist()[:2] == [2.0, 3.0]
     assert tax["first_correct"].fillna(-1).tolist() == [2, 3, 1, 1, -1, 1]
+    assert confusion(np.array([0, 0, 1]), np.array([0, 1, 1]), 2).tolist() == [[1, 1], [0, 1]]
 
 
 def test_matched_settings_pick_the_best_at_least_as_fast():

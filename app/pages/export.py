@@ -10,6 +10,7 @@ import streamlit as st
 from analysis.curves import evaluate_policy
 from analysis.errors import DE3Error
 from analysis.policies import decide_exits
+from analysis import taxonomy
 from app import cache, charts, derive, state
 
 HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None
@@ -87,7 +88,7 @@ def render() -> None:
 
     st.subheader("Data")
     decision = decide_exits(trace.wide, policy)
-    tax = derive.taxonomy(trace, decision, policy)
+    tax = taxonomy.error_buckets(trace, decision, policy)
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button("Trace (CSV, one row per sample × layer)", lambda: _csv(trace.table), file_name="trace.csv",
                        mime="text/csv", key="ex_trace_csv")

@@ -4,7 +4,8 @@ import numpy as np
 import streamlit as st
 
 from analysis.policies import decide_exits
-from app import charts, derive, state
+from analysis import taxonomy
+from app import charts, state
 
 
 def render() -> None:
@@ -17,22 +18,22 @@ def render() -> None:
     st.markdown(f"Every sample falls in exactly one bucket under **{policy.describe()}**. Change the policy in the "
                 "sidebar and watch samples move between buckets.")
     decision = decide_exits(trace.wide, policy)
-    tax = derive.taxonomy(trace, decision, policy)
-    counts = derive.bucket_counts(tax)
+    tax = taxonomy.error_buckets(trace, decision, policy)
+    counts = taxonomy.bucket_counts(tax)
     with st.expander("Definitions of the buckets", expanded=False):
-        for b in derive.BUCKETS:
-            st.markdown(f"**{derive.BUCKET_LABELS[b]}** — {derive.BUCKET_DEFINITIONS[b]}")
+        for b in taxonomy.BUCKETS:
+            st.markdown(f"**{taxonomy.BUCKET_LABELS[b]}** — {taxonomy.BUCKET_DEFINITIONS[b]}")
         st.markdown("Right/wrong means the layer's prediction (argmax of its classifier) against the true label.")
 
     c = dict(zip(counts["bucket"], counts["count"]))
     wasted_layers = int(tax["wasted_layers"].sum())
     computed = int(decision.exit_layer.sum())
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("premature exits", c["premature"], help=derive.BUCKET_DEFINITIONS["premature"])
-    m2.metric("missed chances", c["missed"], help=derive.BUCKET_DEFINITIONS["missed"])
-    m3.metric("hopeless", c["hopeless"], help=derive.BUCKET_DEFINITIONS["hopeless"])
+    m1.metric("premature exits", c["premature"], help=taxonomy.BUCKET_DEFINITIONS["premature"])
+    m2.metric("missed chances", c["missed"], help=taxonomy.BUCKET_DEFINITIONS["missed"])
+    m3.metric("hopeless", c["hopeless"], help=taxonomy.BUCKET_DEFINITIONS["hopeless"])
     m4.metric("wasted layers", f"{wasted_layers} ({100 * wasted_layers / max(computed, 1):.0f}%)",
-              help=f"{derive.BUCKET_DEFINITIONS['wasted']} Share of the {computed} layers computed in all.")
+              help=f"{taxonomy.BUCKET_DEFINITIONS['wasted']} Share of the {computed} layers computed in all.")
     left, right = st.columns([3, 2])
     with left:
         st.plotly_chart(charts.bucket_bars(counts), key="mis_buckets")
@@ -40,19 +41,19 @@ def render() -> None:
         which = st.segmented_control("Confusion matrix of", ["exit", "final"], default="exit", key="mis_conf_which",
                                      format_func={"exit": "answers at the exit", "final": "the last layer"}.get) or "exit"
         preds = decision.pred if which == "exit" else np.asarray(trace.wide["pred"])[:, -1]
-        st.plotly_chart(charts.confusion_heatmap(derive.confusion(trace.labels, preds, trace.num_labels), class_names=names),
+        st.plotly_chart(charts.confusion_heatmap(taxonomy.confusion(trace.labels, preds, trace.num_labels), class_names=names),
                         key="mis_confusion")
 
     st.subheader("Ranked samples")
     page = state.page_state()
     first_nonempty = next((b for b in ("premature", "missed", "hopeless", "wasted") if c[b]), "premature")
-    default = page.get("bucket") if page.get("bucket") in derive.BUCKETS else first_nonempty
+    default = page.get("bucket") if page.get("bucket") in taxonomy.BUCKETS else first_nonempty
     st.session_state.setdefault("w_mis_bucket", default)
-    bucket = st.segmented_control("Bucket", derive.BUCKETS, key="w_mis_bucket",
+    bucket = st.segmented_control("Bucket", taxonomy.BUCKETS, key="w_mis_bucket",
                                   format_func=lambda b: f"{b} ({c[b]})") or default
     state.set_page(bucket=bucket)
-    ranked = derive.ranked(tax, bucket)
-    st.caption(derive.BUCKET_DEFINITIONS[bucket] + "  Ranked: " + {
+    ranked = taxonomy.ranked(tax, bucket)
+    st.caption(taxonomy.BUCKET_DEFINITIONS[bucket] + "  Ranked: " + {
         "premature": "most confident wrong exits first (max-probability at the exit).",
         "missed": "most confident wrong exits first.", "hopeless": "most confident wrong answers first.",
         "wasted": "most wasted layers first.", "efficient": "earliest exits first."}[bucket])
