@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DE3Error
+from .io import atomic_file
 from .policies import (
     POLICIES,
     POLICY_LABELS,
@@ -748,13 +748,8 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise CurveError(f"{path} is a folder; give a file name such as {path / 'curves.csv'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

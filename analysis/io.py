@@ -29,12 +29,24 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | Path, payload) -> None:
-    """Write JSON beside, then rename over: a reader never sees half a file."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path`` (a reader never sees half a
+    file), on failure removed and ``path`` left as it was."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    """Write JSON beside, then rename over."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
 
 
 def _apply_umask(folder: Path) -> None:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from . import curves
 from .errors import DE3Error
+from .io import atomic_file
 from .policies import POLICY_LABELS
 from .signals import edr
 
@@ -306,9 +307,8 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
 
     lines += ["## Findings", "", *_findings(comparisons, main, boot_rows, diag, lam), ""]
     text = "\n".join(lines)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     log(f"report: {out}  plot: {plot_path}")
     return text
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from analysis.errors import DE3Error
+from analysis.io import atomic_file
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
@@ -173,9 +174,8 @@ def save_upload(name: str, content: bytes) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(content).hexdigest()[:16]}{suffix}"
     if not path.is_file():
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_bytes(content)
     return path
 
 
