@@ -260,6 +260,9 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     plot_path = out.with_suffix(".png")
     _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path, f"SST-2 dev, {VARIANTS[main][0]}")
     lines += [f"![accuracy vs speed-up]({plot_path.name})", ""]
+    if t.num_labels == 2:
+        lines += ["With two classes the entropy and the max-probability are monotone in each other, so they rank "
+                  "samples identically and their curves coincide (the entropy's line lies under the other).", ""]
 
     # paired bootstrap: DE3 against each baseline at each matched speed-up
     boot_rows = []
@@ -339,6 +342,38 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
         t2 = c.table.set_index("policy")
         out.append(f"- {VARIANTS[v][0]}: DE3 AUC {_fmt(t2.loc['de3', 'auc'])} vs {_fmt(tab.loc['de3', 'auc'])} for "
                    f"{main}; entropy AUC {_fmt(t2.loc['entropy', 'auc'])} vs {_fmt(tab.loc['entropy', 'auc'])}.")
+
+    # why (not): read off the diagnostics, stated only as far as the numbers go
+    ent_auc, dr_auc = shallow["entropy"].mean(), shallow["DR"].mean()
+    edr_auc = shallow[f"EDR (λ={lam:g})"].mean()
+    gains = (shallow[f"EDR (λ={lam:g})"] - shallow["entropy"]).to_numpy()
+    de3_auc, ent_curve_auc = tab.loc["de3", "auc"], tab.loc["entropy", "auc"]
+    out += ["", "### Why DE3 does or does not beat the entropy here", ""]
+    out.append(f"- Validation chose λ = {lam:g}" + (" — the smallest value in the grid, i.e. EDR as close to the plain "
+               "entropy as allowed: on held-out data, adding more of the distance ratio made the trade-off worse."
+               if lam == min(curves.DEFAULT_LAMBDAS) else "."))
+    out.append(f"- As a confidence signal DR is {'weaker' if dr_auc < ent_auc else 'stronger'} than the entropy at the "
+               f"layers where samples leave (mean AUROC {dr_auc:.3f} vs {ent_auc:.3f}), though it is only partly the "
+               f"same signal (Spearman {shallow['spearman(DR, entropy)'].mean():.2f}). Fused at λ = {lam:g}, EDR "
+               f"separates right from wrong {'slightly better' if edr_auc > ent_auc else 'no better'} than entropy "
+               f"(AUROC {edr_auc:.3f} vs {ent_auc:.3f}; per layer {', '.join(f'{g:+.3f}' for g in gains)}), a gain too "
+               "small to move the accuracy at a matched speed-up by more than a sentence or two.")
+    entropy_like = {POLICY_LABELS[n] for n in ("entropy", "maxprob", "pcee")}
+    vs_entropy = [r for r in boot_rows if r[1] in entropy_like and r[3] != "unreachable"]
+    unsettled = all(r[-1] == "no significant difference" for r in vs_entropy)
+    wins = sorted({r[1] for r in sig if r[-1] == "DE3 ahead"})
+    out.append(f"- Net: DE3 AUC {_fmt(de3_auc)} vs entropy {_fmt(ent_curve_auc)} ({100 * (de3_auc - ent_curve_auc):+.2f} "
+               "points). " + ("Every matched-speed-up difference between DE3 and the entropy-based baselines (entropy, "
+               "max-probability, PCEE) lies inside its bootstrap interval" if unsettled else "Some matched-speed-up "
+               "differences to the entropy-based baselines are significant (table above)")
+               + (f"; the significant wins are over {', '.join(wins)}." if wins else "."))
+    dar_effect = [(v, comparisons[v].table.set_index("policy").loc["entropy", "auc"]) for v in comparisons if v != main]
+    if dar_effect:
+        out.append("- The DAR term changes the classifiers themselves: entropy-exit AUC " + ", ".join(
+            f"{_fmt(a)} ({v})" for v, a in dar_effect) + f" against {_fmt(ent_curve_auc)} ({main}). In this one-epoch "
+            "CPU setting the prototype loss does not make the distance a better exit signal than the entropy; the "
+            f"oracle's headroom ({_fmt(comp.oracle['metric'] - tab.loc['de3', '3x'])} points at 3×) is what a better "
+            "signal could still win.")
     return out
 
 
