@@ -52,10 +52,11 @@ def pairwise_distance(emb: torch.Tensor, protos: torch.Tensor, kind: str = "eucl
         e = torch.nn.functional.normalize(emb, dim=-1, eps=EPS)
         c = torch.nn.functional.normalize(protos, dim=-1, eps=EPS)
         return 1.0 - e @ c.transpose(-1, -2)
-    # ||e - c||^2 = ||e||^2 - 2 e.c + ||c||^2, clamped at 0 against round-off. This is a matmul, so it is
-    # fast for many samples; its gradient at exactly 0 distance is guarded by the EPS in sqrt.
-    sq = (emb * emb).sum(-1, keepdim=True) - 2.0 * emb @ protos.transpose(-1, -2) + (protos * protos).sum(-1).unsqueeze(-2)
-    sq = sq.clamp_min(0.0)
+    # Direct differences, (..., B, 1, D) - (..., 1, K, D): K is small, and the expanded form
+    # ||e||^2 - 2 e.c + ||c||^2 cancels catastrophically in float32 when the norms are large — its rounding then
+    # depends on the batch, and a sample's DR would differ between a batched trace and a lone early-exit run.
+    diff = emb.unsqueeze(-2) - protos.unsqueeze(-3)
+    sq = (diff * diff).sum(-1)  # (..., B, K)
     if kind == "sqeuclidean":
         return sq
     if kind == "euclidean":

@@ -72,3 +72,16 @@ def test_exit_signals_bundle():
     assert s.pred.item() == 0 and s.r1.item() == 1.0 and s.r2.item() == 2.0
     assert s.dr.item() == pytest.approx(0.5 * (1 - 1 / 2))
     assert s.max_prob.item() == pytest.approx(math.exp(2) / (math.exp(2) + 2))
+
+
+def test_distances_do_not_depend_on_the_batch():
+    # large-norm embeddings near their prototypes: the expanded form ||e||^2 - 2e.c + ||c||^2 cancels in float32
+    # and its rounding changes with the batch; a trace (batched) and an early-exit run (alone) must agree
+    g = torch.Generator().manual_seed(0)
+    protos = 200 + torch.randn(3, 384, generator=g)
+    emb = protos[torch.tensor([0, 1, 2, 0] * 16)] + 0.05 * torch.randn(64, 384, generator=g)
+    batched = pairwise_distance(emb, protos)
+    alone = torch.stack([pairwise_distance(e[None], protos)[0] for e in emb])
+    assert torch.allclose(batched, alone, rtol=1e-5, atol=1e-5)
+    exact = (emb.double()[:, None] - protos.double()[None]).norm(dim=-1)
+    assert torch.allclose(batched.double(), exact, rtol=1e-4)
