@@ -19,6 +19,7 @@ cover model compute only: every batch is tokenised and collated before the clock
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -31,6 +32,7 @@ import torch
 
 from . import batching
 from .engine import EarlyExitEngine, safe_threshold, threshold_values
+from .cost import layer_speedup
 from .errors import DE3Error
 from .io import write_json_atomic
 from .policies import POLICIES, ExitPolicy, decide_exits
@@ -119,7 +121,7 @@ def _run_bench(checkpoint, data_spec, *, data_dir, split, max_samples, out, devi
         "timing": "model compute only (batches tokenised and collated beforehand); variants interleaved in blocks "
                   "of >= 32 samples, order alternating; ratios are medians of per-repetition ratios",
         "policy": {"name": policy.name, "tau": policy.tau, "lambda_": policy.lambda_,
-                   "target_speedup": target_speedup, "simulated_speedup": L / float(expected.exit_layer.mean())},
+                   "target_speedup": target_speedup, "simulated_speedup": layer_speedup(expected.exit_layer, L)},
         "trace_overhead": overhead,
         "early_exit": early_exit,
         "sweep_seconds": sweep_seconds(sweep_samples, sweep_layers, repeats=repeats),
@@ -250,9 +252,8 @@ def threshold_for_speedup(signals, policy: ExitPolicy, target: float) -> ExitPol
         return policy
 
     def at(i: int) -> tuple[ExitPolicy, float]:
-        p = ExitPolicy(policy.name, tau=safe_threshold(values, candidates[i]), lambda_=policy.lambda_,
-                       patience=policy.patience, layer=policy.layer)
-        return p, num_layers / float(decide_exits(signals, p).exit_layer.mean())
+        p = dataclasses.replace(policy, tau=safe_threshold(values, candidates[i]))
+        return p, layer_speedup(decide_exits(signals, p).exit_layer, num_layers)
 
     lo, hi = 0, len(candidates) - 1
     while lo < hi:  # smallest i whose speed-up reaches the target
@@ -285,14 +286,14 @@ def _early_exit(engine: EarlyExitEngine, model, batches: list, n: int, policy: E
     for idx, (signals, layers) in results.values():
         exit_layer[idx] = layers
         pred[idx] = signals["pred"][np.arange(len(idx)), layers - 1]
-    layer_speedup = model.num_layers / float(exit_layer.mean())
+    layers_speedup = layer_speedup(exit_layer, model.num_layers)
     wall_speedup = _median_ratio(times["full"], times["engine"])
     same = (exit_layer == expected.exit_layer) & (pred == expected.pred)
     return {
         "batch_size": len(batches[0][0]),
-        "layer_speedup": layer_speedup,
+        "layer_speedup": layers_speedup,
         "wall_speedup": wall_speedup,
-        "efficiency": wall_speedup / layer_speedup,  # 1.0 = the wall clock saves all the layers skipped
+        "efficiency": wall_speedup / layers_speedup,  # 1.0 = the wall clock saves all the layers skipped
         "agreement": float(same.mean()),
         "exit_agreement": float((exit_layer == expected.exit_layer).mean()),
         "answer_agreement": float((pred == expected.pred).mean()),

@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def layer_speedup(exit_layer: np.ndarray, num_layers: int) -> float:
+    """Speed-up ratio L / mean exit layer (= L·N / Σ_i i·N_i), from each sample's 1-based exit layer."""
+    return num_layers / float(np.mean(exit_layer))
+
+
 @dataclass(frozen=True)
 class CostModel:
     hidden: int

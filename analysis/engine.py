@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import batching
+from .cost import layer_speedup
 from .errors import DE3Error
 from .policies import POLICY_INPUTS, ExitPolicy, exit_mask, threshold_signal
 from .signals import exit_signals
@@ -51,7 +52,7 @@ class EngineResult:
     @property
     def speedup(self) -> float:
         """Layer-count speed-up L / mean exit layer (spec §6)."""
-        return self.num_layers / float(self.exit_layer.mean())
+        return layer_speedup(self.exit_layer, self.num_layers)
 
 
 class EarlyExitEngine:

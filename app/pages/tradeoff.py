@@ -1,11 +1,13 @@
 """Trade-off explorer: metric vs speed-up of every policy, the matched-speed-up table, and the signals' histograms."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from analysis.curves import evaluate_policy
-from analysis.policies import POLICY_LABELS, ExitPolicy, decide_exits
+from analysis.policies import POLICY_LABELS, decide_exits
 from app import cache, charts, derive, state
 
 
@@ -35,10 +37,9 @@ def _adopt_clicked_setting() -> None:
             return
         kwargs = {k: v for k, v in (("tau", tau), ("lambda_", lambda_)) if v is not None}
         kwargs.update({k: int(v) for k, v in (("patience", patience), ("layer", layer)) if v is not None})
-        current = state.current_policy()
-        base = {"tau": current.tau, "lambda_": current.lambda_, "patience": current.patience, "layer": current.layer}
-        state.set_policy(ExitPolicy(name, **{**base, **kwargs}))
-        st.toast(f"Now using {ExitPolicy(name, **{**base, **kwargs}).describe()}")
+        chosen = dataclasses.replace(state.current_policy(), name=name, **kwargs)
+        state.set_policy(chosen)
+        st.toast(f"Now using {chosen.describe()}")
         return
 
 
