@@ -1,5 +1,9 @@
-"""Tokenise a split once, then cut it into padded batches (shuffled and length-grouped for training, length-sorted
-for evaluation so little compute goes to padding)."""
+"""Tokenise a split in chunks into compact flat arrays, then cut it into padded batches (shuffled and
+length-grouped for training, length-sorted for evaluation so little compute goes to padding).
+
+Token ids are stored as one flat int32 array plus offsets (about 4 bytes per token), not as Python lists
+(about 36 bytes per token and key), so MNLI-sized training sets fit in a few hundred MB.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +13,57 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+ENCODE_CHUNK = 4096  # texts tokenised per call: bounds the tokenizer's temporary Python lists
+
 
 @dataclass
 class Encoded:
-    """A tokenised split: one feature dict per sample (lists of ints), and the labels."""
+    """A tokenised split: sample i's token ids are ``input_ids[offsets[i]:offsets[i+1]]``."""
 
-    features: list[dict[str, list[int]]]
+    input_ids: np.ndarray  # (T_total,) int32
+    offsets: np.ndarray  # (N + 1,) int64
+    token_type_ids: np.ndarray | None  # (T_total,) int8, for tokenizers that make them
     labels: np.ndarray  # (N,) int64
+    pad_token_id: int = 0
+    padding_side: str = "right"
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.fromiter((len(f["input_ids"]) for f in self.features), dtype=np.int64, count=len(self.features))
+        return np.diff(self.offsets)
+
+    def tokens(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
 
 
-def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, labels: Sequence[int], max_length: int) -> Encoded:
-    """Tokenise texts (and pairs) with truncation to ``max_length`` tokens; padding happens per batch."""
-    enc = tokenizer(list(texts), list(text_pairs) if text_pairs is not None else None, truncation=True, max_length=max_length)
-    keys = [k for k in tokenizer.model_input_names if k in enc]
-    features = [{k: enc[k][i] for k in keys} for i in range(len(texts))]
-    return Encoded(features, np.asarray(labels, dtype=np.int64))
+def encode(tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, labels: Sequence[int], max_length: int,
+           chunk_size: int = ENCODE_CHUNK) -> Encoded:
+    """Tokenise texts (and pairs) with truncation to ``max_length`` tokens, ``chunk_size`` texts at a time;
+    padding happens per batch."""
+    with_types = "token_type_ids" in tokenizer.model_input_names
+    ids, types, lengths = [], [], []
+    for start in range(0, len(texts), chunk_size):
+        stop = min(start + chunk_size, len(texts))
+        enc = tokenizer(list(texts[start:stop]), list(text_pairs[start:stop]) if text_pairs is not None else None,
+                        truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=with_types)
+        lengths.extend(len(x) for x in enc["input_ids"])
+        ids.append(np.fromiter((t for x in enc["input_ids"] for t in x), dtype=np.int32))
+        if with_types:
+            types.append(np.fromiter((t for x in enc["token_type_ids"] for t in x), dtype=np.int8))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    empty = np.zeros(0, dtype=np.int32)
+    return Encoded(
+        input_ids=np.concatenate(ids) if ids else empty,
+        offsets=offsets,
+        token_type_ids=(np.concatenate(types) if types else empty.astype(np.int8)) if with_types else None,
+        labels=np.asarray(labels, dtype=np.int64),
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        padding_side=getattr(tokenizer, "padding_side", "right"),
+    )
 
 
 def encode_split(tokenizer, split, max_length: int) -> Encoded:
@@ -57,8 +90,23 @@ def train_order(encoded: Encoded, batch_size: int, rng: np.random.Generator, gro
 
 
 def collate(tokenizer, encoded: Encoded, indices: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Pad the chosen samples into tensors on ``device``; ``labels`` included."""
-    batch = tokenizer.pad([encoded.features[i] for i in indices], return_tensors="pt")
+    """Pad the chosen samples into tensors on ``device`` (the keys the tokenizer's model takes); ``labels``
+    included. ``tokenizer`` is unused (kept for call compatibility): padding id and side come from ``encoded``."""
+    lengths = encoded.lengths[indices]
+    width = int(lengths.max()) if len(indices) else 0
+    input_ids = np.full((len(indices), width), encoded.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    types = np.zeros((len(indices), width), dtype=np.int64) if encoded.token_type_ids is not None else None
+    for row, (i, n) in enumerate(zip(indices, lengths)):
+        cols = slice(width - n, width) if encoded.padding_side == "left" else slice(0, n)
+        lo, hi = encoded.offsets[i], encoded.offsets[i + 1]
+        input_ids[row, cols] = encoded.input_ids[lo:hi]
+        mask[row, cols] = 1
+        if types is not None:
+            types[row, cols] = encoded.token_type_ids[lo:hi]
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
     batch["labels"] = torch.from_numpy(encoded.labels[indices])
     return {k: v.to(device) for k, v in batch.items()}
 
