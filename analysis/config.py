@@ -15,13 +15,38 @@ DAR_FORMS = ("proto_ce", "ratio", "margin")
 
 
 def _from_dict(cls, data: dict[str, Any], source: str):
-    """Build a config dataclass from a dict, refusing unknown keys with a message that names them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Build a config dataclass from a dict (e.g. JSON), refusing unknown keys and values of the wrong type with a
+    message that names them."""
+    if not isinstance(data, dict):
+        raise DE3Error(f"{source}: {cls.__name__} settings must be a JSON object of field: value, "
+                       f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise DE3Error(f"{source}: unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        raise DE3Error(f"{source}: unknown {cls.__name__} field(s) {', '.join(map(str, unknown))}; "
+                       f"known: {', '.join(sorted(fields))}")
+    kwargs = {k: _typed(cls, k, v, str(fields[k].type), source) for k, v in data.items()}
     return cls(**kwargs)
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _typed(cls, name: str, value: Any, annotation: str, source: str) -> Any:
+    """``value`` if it fits the field's annotation ("int | None", "tuple[str, ...]", ...); lists become tuples."""
+    options = [t.strip() for t in annotation.split("|")]
+    if value is None and "None" in options:
+        return None
+    for option in options:
+        if option.startswith("tuple") and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        types = _SCALARS.get(option)
+        if types and isinstance(value, types) and (option == "bool" or not isinstance(value, bool)):
+            return value
+    wanted = " or ".join("a list of strings" if o.startswith("tuple") else "null" if o == "None" else {
+        "int": "an integer", "float": "a number", "bool": "true/false", "str": "a string"}.get(o, o) for o in options)
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise DE3Error(f"{source}: {cls.__name__} field {name} must be {wanted}, got {shown} ({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,7 @@ class TrainConfig:
     freeze_embeddings: bool = True  # token embeddings stay as pretrained: faster steps, compact checkpoints
     select_by: str = "mean"  # keep the epoch with the best "mean" over exits or "last" exit metric
     num_threads: int | None = None  # torch CPU threads; None = torch's default
+    save_every: int = 200  # optimiser steps between resumable training states (<out>.resume/); 0 = epoch ends only
 
     def __post_init__(self) -> None:
         checks = [
@@ -98,6 +124,7 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.select_by in ("mean", "last"), f"select_by must be 'mean' or 'last', got {self.select_by!r}"),
+            (self.save_every >= 0, f"save_every must be >= 0 (0 = only at epoch ends), got {self.save_every}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,8 +145,12 @@ def read_json(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DE3Error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DE3Error(f"{path}: is a folder; pass a JSON file") from None
+    except OSError as exc:
+        raise DE3Error(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DE3Error(f"{path}: not valid JSON ({exc}); fix or re-create the file") from None
+        raise DE3Error(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]}); fix or re-create the file") from None
     if not isinstance(data, dict):
         raise DE3Error(f"{path}: expected a JSON object at the top level")
     return data

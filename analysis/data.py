@@ -42,6 +42,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 METRICS = ("accuracy", "f1", "mcc")
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".json")
 GLUE_MAX_VALIDATION = 2000  # cap on the validation rows carved from a GLUE train set
+MAX_FIELD_CHARS = 2**31 - 1  # csv's default cap (131,072 characters per field) would refuse long documents
 
 # Default column names for user files, tried in this order.
 DEFAULT_TEXT_COLUMNS = ("text", "sentence", "sentence1")
@@ -508,38 +509,14 @@ def _read_user_file(
     header: bool | None,
 ) -> tuple[_Rows, list[str]]:
     """Read a CSV / TSV / Parquet / JSONL file into rows with label ids, and the sorted label names."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found (a data spec is 'bbc', 'glue/<task>' or a path to a "
-                        f"{'/'.join(SUPPORTED_EXTENSIONS)} file)")
-    if not path.is_file():
-        raise DataError(f"{path}: is not a file; pass a {'/'.join(SUPPORTED_EXTENSIONS)} file")
-    ext = path.suffix.lower()
-    if ext not in SUPPORTED_EXTENSIONS:
-        raise DataError(f"{path}: unsupported file type {ext or '(no extension)'!r}; supported: "
-                        f"{', '.join(SUPPORTED_EXTENSIONS)}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes); it needs a text column and a label column")
-
     if isinstance(text_columns, (str, int)):
         text_columns = [text_columns]
     if text_columns is not None and not 1 <= len(text_columns) <= 2:
         raise DataError(f"{path}: give one text column (or two for a sentence pair), got {list(text_columns)}")
-
-    line_numbers: list[int] | None = None  # physical line of each row, where it means something
-    if ext in (".csv", ".tsv", ".txt"):
-        if header is None:
-            given = list(text_columns or []) + ([] if label_column is None else [label_column])
-            header = not given or any(not _is_index(c) for c in given)
-        names, columns, line_numbers = _read_delimited(path, "," if ext == ".csv" else "\t",
-                                                       quote=ext == ".csv", header=header)
-    elif ext == ".parquet":
-        names, columns = _read_parquet(path)
-    else:
-        names, columns, line_numbers = _read_json_lines(path)
-    n_rows = len(columns[0]) if columns else 0
-    if n_rows == 0:
-        found = f"columns {', '.join(map(str, names))} but" if names else "nothing:"
-        raise DataError(f"{path}: has {found} no data rows; add rows below the header")
+    if header is None:
+        given = list(text_columns or []) + ([] if label_column is None else [label_column])
+        header = not given or any(not _is_index(c) for c in given)
+    names, columns, line_numbers = _read_table(path, header)
 
     text_keys, label_key = _choose_columns(path, names, len(columns), text_columns, label_column)
     if label_key in text_keys:
@@ -552,6 +529,92 @@ def _read_user_file(
     texts = [_texts(path, names, k, columns[k], where) for k in text_keys]
     labels, label_names = _labels(path, names, label_key, columns[label_key], where)
     return _Rows(texts[0], texts[1] if len(texts) > 1 else None, labels), label_names
+
+
+def read_columns(path: str | Path, *, header: bool = True) -> tuple[list[str] | None, list[list[Any]]]:
+    """A user data file's column names and columns, read and checked exactly as ``load_data`` reads it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.csv``, ``.tsv``, ``.txt``, ``.parquet``, ``.jsonl`` or ``.json`` file.
+    header : bool
+        CSV/TSV only: whether the first line holds column names (Parquet and JSON always have names).
+
+    Returns
+    -------
+    (names, columns)
+        ``names`` is None for a CSV/TSV read without a header; ``columns`` holds one list of values per column,
+        with at least one data row.
+
+    Raises
+    ------
+    DataError
+        A missing, empty, undecodable or malformed file, or one that looks split by the wrong delimiter.
+    """
+    names, columns, _ = _read_table(Path(path).expanduser(), header)
+    return names, columns
+
+
+def _read_table(path: Path, header: bool) -> tuple[list[str] | None, list[list[Any]], list[int] | None]:
+    """(names, columns, physical line of each row or None) of a user file, with its one-line DataErrors."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found (a data spec is 'bbc', 'glue/<task>' or a path to a "
+                        f"{'/'.join(SUPPORTED_EXTENSIONS)} file)")
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file; pass a {'/'.join(SUPPORTED_EXTENSIONS)} file")
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise DataError(f"{path}: unsupported file type {ext or '(no extension)'!r}; supported: "
+                        f"{', '.join(SUPPORTED_EXTENSIONS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); it needs a text column and a label column")
+
+    line_numbers: list[int] | None = None  # physical line of each row, where it means something
+    if ext in (".csv", ".tsv", ".txt"):
+        sep = "," if ext == ".csv" else "\t"
+        names, columns, line_numbers = _read_delimited(path, sep, quote=ext == ".csv", header=header)
+        _check_delimiter(path, sep, names, columns)
+    elif ext == ".parquet":
+        names, columns = _read_parquet(path)
+    else:
+        names, columns, line_numbers = _read_json_lines(path)
+    n_rows = len(columns[0]) if columns else 0
+    if n_rows == 0:
+        found = f"columns {_names_list(names)} but" if names else "nothing:"
+        raise DataError(f"{path}: has {found} no data rows; add rows below the header")
+    return names, columns, line_numbers
+
+
+SEPARATORS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+
+
+def _check_delimiter(path: Path, sep: str, names: list[str] | None, columns: list[list[Any]]) -> None:
+    """A CSV/TSV that comes out as one column but whose first line holds another separator was saved with the
+    wrong delimiter (or under the wrong extension): say so instead of "no label column"."""
+    if len(columns) != 1:
+        return
+    first = names[0] if names else (columns[0][0] if columns[0] else "")
+    for other, word in SEPARATORS.items():
+        if other != sep and other in first:
+            wanted = f"{SEPARATORS[sep]}-separated (.csv = commas, .tsv/.txt = tabs)"
+            fix = " or rename it .tsv" if other == "\t" else " or rename it .csv" if other == "," else ""
+            raise DataError(f"{path}: found a single column; its first line {_short(first)} holds {word}s, so the "
+                            f"file looks {word}-separated, but a {path.suffix.lower()} file must be {wanted}; "
+                            f"re-save it with the right delimiter{fix}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value, cut to ``limit`` characters (a 5 MB line must not become a 5 MB message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
+
+
+def _names_list(names: Sequence[Any], limit: int = 12) -> str:
+    """Column names for a message: at most ``limit``, each cut short."""
+    shown = [str(n) if len(str(n)) <= 40 else str(n)[:37] + "..." for n in list(names)[:limit]]
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(shown) + more
 
 
 def _decode(path: Path) -> str:
@@ -575,6 +638,7 @@ def _read_delimited(
     text = _decode(path)
     if not text.strip():
         raise DataError(f"{path}: holds only blank lines; it needs a text column and a label column")
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))  # long texts are data, not an error
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep,
                         quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
     rows: list[list[str]] = []
@@ -673,7 +737,7 @@ def _column_index(path: Path, names: list[str] | None, n_columns: int, column: s
     if names is None:
         raise DataError(f"{path}: {role} column {column!r} cannot be found by name: the file has no header row, "
                         f"so choose columns by 0-based index (it has {n_columns} columns); pass e.g. {option} 0")
-    raise DataError(f"{path}: no {role} column {column!r}; columns found: {', '.join(names)}; "
+    raise DataError(f"{path}: no {role} column {_short(column)}; columns found: {_names_list(names)}; "
                     f"pass {option} with one of these")
 
 
@@ -694,7 +758,7 @@ def _choose_columns(
             if name in names:
                 return names.index(name)
         raise DataError(f"{path}: no {role} column found (looked for {', '.join(candidates)}); columns found: "
-                        f"{', '.join(names)}; pass --{role}-column")
+                        f"{_names_list(names)}; pass --{role}-column")
 
     if text_columns is None:
         text_keys = [default(DEFAULT_TEXT_COLUMNS, "text")]
@@ -766,8 +830,8 @@ def _labels(path: Path, names: list[str] | None, key: int, values: list[Any], wh
         keys = [str(v).strip() for v in values]
         label_names = classes = sorted(set(keys))
     if len(classes) < 2:
-        raise DataError(f"{path}: column {_column_name(names, key)} holds a single class ({label_names[0]!r}); "
-                        "a classifier needs at least 2 classes")
+        raise DataError(f"{path}: column {_column_name(names, key)} holds a single class ({_short(label_names[0])}); "
+                        "a classifier needs at least 2 classes: check --label-column or add rows of other classes")
     index = {c: i for i, c in enumerate(classes)}
     return [index[k] for k in keys], label_names
 

@@ -26,6 +26,7 @@ import torch
 from . import batching
 from .cost import layer_speedup
 from .errors import DE3Error
+from .model import check_positions
 from .policies import POLICY_INPUTS, ExitPolicy, exit_mask, threshold_signal
 from .signals import exit_signals
 
@@ -126,6 +127,7 @@ class EarlyExitEngine:
         if mask2d is None:
             mask2d = torch.ones_like(input_ids)
         extra = {"token_type_ids": inputs["token_type_ids"]} if inputs.get("token_type_ids") is not None else {}
+        check_positions(self.model, input_ids.shape[1])
 
         hidden = self.backbone.embeddings(input_ids=input_ids, **extra)  # (B, T, H)
         if hasattr(self.backbone, "embeddings_project"):  # ELECTRA: embedding size != hidden size

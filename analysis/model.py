@@ -172,6 +172,7 @@ class DE3Bert(nn.Module):
             ExitHead(hidden, config.num_labels, proto_dim, config.pooling, dropout) for _ in range(self.num_layers)
         )
         self.bank = PrototypeBank(self.num_layers, config.num_labels, proto_dim, config.distance)
+        self.max_positions = backbone_positions(bcfg)
         self._adopt_backbone_pooler()
 
     def _adopt_backbone_pooler(self) -> None:
@@ -199,6 +200,7 @@ class DE3Bert(nn.Module):
         """Run all L layers. Inputs (B, T) as a Hugging Face tokenizer makes them; labels (B,) optional."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        check_positions(self, input_ids.shape[1])
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
         hidden_states = out.hidden_states[1:]  # L tensors (B, T, H); [0] is the embedding layer
@@ -273,30 +275,45 @@ class DE3Bert(nn.Module):
         """Load a checkpoint written by ``save_pretrained``, checking files, label count and every shape."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel
+        from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+
+        from .backbones import check_encoder_config
 
         folder = Path(folder)
         raw = read_checkpoint_config(folder)
         weights = folder / WEIGHTS_FILE
         if not weights.is_file():
             pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            hint = f" (found {', '.join(pickles)}: pickle weights are refused, convert to safetensors)" if pickles else ""
-            raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}{hint}; re-save the checkpoint with save_pretrained")
+            if pickles:
+                raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE} (found {', '.join(pickles)}: pickle weights "
+                                      "are refused, loading them can run code); convert them to safetensors or re-train")
+            raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}; copy the whole checkpoint folder again or re-train it")
         config = ModelConfig.from_dict(raw.pop("de3"), source=str(folder / CONFIG_FILE))
         model_type = raw.pop("model_type", None)
-        if model_type is None:
+        if not isinstance(model_type, str):
             raise CheckpointError(f"{folder / CONFIG_FILE}: no 'model_type'; this is not a config written by save_pretrained")
-        for key in ("id2label", "label2id"):
+        if model_type not in CONFIG_MAPPING:
+            why = (" needs its repository's own code (auto_map), and checkpoints are loaded without running remote "
+                   "code; re-train on a backbone built into transformers") if "auto_map" in raw else \
+                  " is not known to this transformers version; upgrade transformers or re-train on a built-in backbone"
+            raise CheckpointError(f"{folder / CONFIG_FILE}: backbone type {model_type!r}{why}")
+        for key in ("id2label", "label2id", "auto_map"):
             raw.pop(key, None)
         base_weights = raw.pop("de3_base_weights", None)
         try:
             bcfg = AutoConfig.for_model(model_type, **raw)
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild the {model_type!r} backbone config ({exc})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild the {model_type!r} backbone config "
+                                  f"({_one_line(exc)}); re-save the checkpoint") from None
+        try:
+            check_encoder_config(bcfg, str(folder))
+        except DE3Error as exc:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: {exc}") from None
         try:
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({exc}); re-save or re-train") from None
+            raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({_one_line(exc)}); "
+                                  "copy it again or re-train") from None
         if base_weights:  # a compact checkpoint: tensors equal to the pretrained backbone were left out
             base = _base_backbone_state(base_weights["backbone"], needed_by=folder)
             for key in base_weights["tensors"]:
@@ -304,7 +321,12 @@ class DE3Bert(nn.Module):
                 if name not in base:
                     raise CheckpointError(f"{folder}: base backbone {base_weights['backbone']!r} has no tensor {name}")
                 state[key] = base[name]
-        model = cls(config, AutoModel.from_config(bcfg))
+        try:
+            backbone = AutoModel.from_config(bcfg)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder / CONFIG_FILE}: cannot build the {model_type!r} backbone it describes "
+                                  f"({_one_line(exc)}); re-save the checkpoint") from None
+        model = cls(config, backbone)
         expected = model.state_dict()
         state = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
         _check_state(model, state, weights)
@@ -327,6 +349,9 @@ def _base_backbone_state(name: str, needed_by: Path | None = None) -> dict[str, 
 
 def read_checkpoint_config(folder: Path) -> dict:
     """config.json of a checkpoint folder, with errors that say which file is wrong and what to do."""
+    folder = Path(folder)
+    if folder.is_file():
+        raise CheckpointError(f"{folder}: is a file; a checkpoint is the folder holding config.json and {WEIGHTS_FILE}")
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint folder not found; train one with `python -m analysis train`")
     path = folder / CONFIG_FILE
@@ -335,9 +360,10 @@ def read_checkpoint_config(folder: Path) -> dict:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); re-save the checkpoint") from None
+        raise CheckpointError(f"{path}: not valid JSON ({_one_line(exc)}); re-save the checkpoint") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("de3"), dict):
-        raise CheckpointError(f"{path}: no 'de3' section; this is a plain Hugging Face model, not a DE3-BERT checkpoint")
+        raise CheckpointError(f"{path}: no 'de3' section; this is a plain Hugging Face model, not a DE3-BERT checkpoint "
+                              "(train one from it with `python -m analysis train --backbone <this folder>`)")
     return raw
 
 
@@ -354,7 +380,39 @@ def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path
         if state[key].shape != tensor.shape:
             hint = ""
             if key.endswith("classifier.weight") or key == "bank.initialized":
-                hint = f" — the weights have {state[key].shape[0]} classes but config.json lists {tensor.shape[0]} label names"
+                hint = (f" — the weights have {state[key].shape[0]} classes but config.json lists {tensor.shape[0]} label "
+                        "names; restore de3.label_names in config.json or re-train")
             raise CheckpointError(
-                f"{weights}: tensor {key} has shape {tuple(state[key].shape)}, config.json implies {tuple(tensor.shape)}{hint}"
+                f"{weights}: tensor {key} has shape {tuple(state[key].shape)}, config.json implies {tuple(tensor.shape)}"
+                + (hint or "; the config and weights come from different models")
             )
+
+
+# Model types whose position ids start after the padding index (RoBERTa's offset of pad_token_id + 1).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "roberta-prelayernorm",
+                     "longformer", "xmod", "ibert", "luke")
+
+
+def backbone_positions(bcfg) -> int | None:
+    """How many tokens the backbone's position embeddings cover (None when it has no fixed limit)."""
+    limit = getattr(bcfg, "max_position_embeddings", None)
+    if not isinstance(limit, int) or getattr(bcfg, "position_embedding_type", "absolute") not in ("absolute", None):
+        return None
+    if getattr(bcfg, "model_type", "") in _OFFSET_POSITIONS:
+        limit -= (getattr(bcfg, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_positions(model: "DE3Bert", num_tokens: int) -> None:
+    """Refuse inputs longer than the backbone's position embeddings (an index error deep in torch otherwise)."""
+    limit = getattr(model, "max_positions", None)
+    if limit is not None and num_tokens > limit:
+        raise DE3Error(f"an input of {num_tokens} tokens is longer than the backbone's {limit} position embeddings: "
+                       f"this model's max_length ({model.config.max_length}) is too large; re-train it with "
+                       f"--max-length {limit} or less")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line and cut to a readable length."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

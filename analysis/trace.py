@@ -9,11 +9,13 @@ A trace directory holds
     meta.json        label names, layers, checkpoint, data, split, metric, cost model, package versions
 
 The schema is defined here once and checked on every read. Writing streams in chunks of samples (bounded
-memory) into a temporary folder that is renamed into place at the end.
+memory) into a temporary folder that is renamed into place at the end; under torchrun the chunks are shared
+out between processes and the parts merged in sample order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from collections.abc import Callable, Iterator, Mapping
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, batching
 from .cost import CostModel
+from .distributed import Dist
 from .errors import DE3Error
 from .io import atomic_dir
 
@@ -76,20 +79,20 @@ def validate(table: pd.DataFrame, num_layers: int, num_labels: int, source: str 
         raise TraceError(f"{source}: missing column(s) {', '.join(missing)}; re-create it with `python -m analysis trace`")
     for name, dtype in expected.items():
         if str(table[name].dtype) != dtype:
-            raise TraceError(f"{source}: column {name} has dtype {table[name].dtype}, expected {dtype}")
+            raise TraceError(f"{source}: column {name} has dtype {table[name].dtype}, expected {dtype}; re-create the trace with `python -m analysis trace`")
     n = len(table)
     if n == 0 or n % num_layers:
         raise TraceError(f"{source}: {n} rows is not a whole number of samples x {num_layers} layers")
     layers = table["layer"].to_numpy().reshape(-1, num_layers)
     if not (layers == np.arange(1, num_layers + 1)).all():
-        raise TraceError(f"{source}: rows must run through layers 1..{num_layers} for each sample, in order")
+        raise TraceError(f"{source}: rows must run through layers 1..{num_layers} for each sample, in order; re-create the trace with `python -m analysis trace`")
     ids = table["sample_id"].to_numpy().reshape(-1, num_layers)
     if not (ids == ids[:, :1]).all() or (np.diff(ids[:, 0]) <= 0).any():
-        raise TraceError(f"{source}: rows must be grouped by sample_id in increasing order")
+        raise TraceError(f"{source}: rows must be grouped by sample_id in increasing order; re-create the trace with `python -m analysis trace`")
     for name in ("label", "pred"):
         values = table[name].to_numpy()
         if values.min() < 0 or values.max() >= num_labels:
-            raise TraceError(f"{source}: column {name} has values outside 0..{num_labels - 1}")
+            raise TraceError(f"{source}: column {name} has values outside 0..{num_labels - 1}; re-create the trace with `python -m analysis trace`")
     return table
 
 
@@ -200,6 +203,8 @@ class Trace:
 def load_trace(folder: str | Path) -> Trace:
     """Read and validate a trace directory."""
     folder = Path(folder)
+    if folder.is_file():
+        raise TraceError(f"{folder}: is a file; a trace is the folder that `python -m analysis trace` writes")
     if not folder.is_dir():
         raise TraceError(f"{folder}: trace folder not found; make one with `python -m analysis trace`")
     for name in (META_FILE, TRACE_FILE, SAMPLES_FILE):
@@ -250,6 +255,14 @@ def _rows(out, labels: np.ndarray, sample_ids: np.ndarray) -> dict[str, np.ndarr
     return cols
 
 
+SAMPLES_SCHEMA = {"sample_id": pa.int64(), "text": pa.string(), "text_pair": pa.string(), "label": pa.int16(),
+                  "n_tokens": pa.int32()}
+
+
+def _samples_schema(is_pair: bool) -> pa.Schema:
+    return pa.schema([(k, t) for k, t in SAMPLES_SCHEMA.items() if is_pair or k != "text_pair"])
+
+
 @torch.no_grad()
 def write_trace(
     model,
@@ -264,14 +277,20 @@ def write_trace(
     info: dict | None = None,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    ctx: Dist | None = None,
 ) -> Path:
     """Trace ``split`` (a ``data.Split``) through every layer of ``model`` into ``out_dir``.
 
     Samples are processed in chunks of ``chunk_size`` in their order; inside a chunk, batches are sorted by
-    length so little compute goes to padding. Each chunk's rows are appended to trace.parquet and its
-    embeddings written into a memory-mapped .npy, so memory stays bounded however large the split.
-    ``on_progress(done, total)`` is called after every batch (for a UI's progress bar).
+    length so little compute goes to padding. Each chunk's rows are appended to trace.parquet and
+    samples.parquet and its embeddings written into their place in embeddings.npy, so memory stays bounded
+    however large the split. ``on_progress(done, total)`` is called after every batch (for a UI's progress bar).
+
+    With ``ctx`` of several processes (torchrun), each process traces a contiguous run of whole chunks into a
+    part folder and rank 0 concatenates the parts in sample order. Batches never cross a chunk, so the merged
+    trace holds exactly the numbers a one-process trace does. Every process must see ``out_dir``'s file system.
     """
+    ctx = ctx or Dist()
     model.eval()
     device = model.device
     n = len(split)
@@ -281,55 +300,112 @@ def write_trace(
     proto_dim = model.bank.prototypes.shape[-1]
     if len(label_names) != num_labels:
         raise DE3Error(f"the data has {len(label_names)} classes, the model {num_labels}; trace with matching data")
-    with atomic_dir(out_dir) as tmp:
-        emb_file = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float16, shape=(num_layers, n, proto_dim))
-        writer = pq.ParquetWriter(tmp / TRACE_FILE, trace_schema(num_labels))
-        n_tokens = np.zeros(n, dtype=np.int32)
-        bar = tqdm(total=n, desc="trace", unit="sample", disable=not progress, dynamic_ncols=True)
+    is_pair = split.text_pairs is not None
+    chunks = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+    mine = [chunks[i] for i in np.array_split(np.arange(len(chunks)), ctx.world_size)[ctx.rank]]
+    with _shared_atomic_dir(out_dir, ctx) as tmp:
+        if ctx.is_main:  # the embeddings file, filled in place by every process
+            offset = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float16,
+                                               shape=(num_layers, n, proto_dim)).offset
+        offset = ctx.broadcast_object(offset if ctx.is_main else None)
+        part = tmp / f"part-{ctx.rank:05d}" if ctx.enabled else tmp
+        error = None
         try:
-            for start in range(0, n, chunk_size):
-                ids = np.arange(start, min(start + chunk_size, n))
-                enc = batching.encode_split(tokenizer, split.subset(ids), model.config.max_length)
-                n_tokens[ids] = enc.lengths
-                chunk_cols: list[tuple[np.ndarray, dict]] = []
-                for local, batch in batching.iterate(tokenizer, enc, batching.eval_order(enc, batch_size), device):
-                    labels = batch.pop("labels").cpu().numpy()
-                    out = model(**batch)
-                    chunk_cols.append((local, _rows(out, labels, ids[local])))
-                    emb_file[:, ids[local]] = out.embeddings.float().cpu().numpy().astype(np.float16)
-                    bar.update(len(local))
-                    if on_progress is not None:
-                        on_progress(bar.n, n)
-                order = np.argsort(np.concatenate([ids[local] for local, _ in chunk_cols]), kind="stable")
-                columns = {k: np.concatenate([c[k] for _, c in chunk_cols]).reshape(-1, num_layers)[order].reshape(-1)
-                           for k in chunk_cols[0][1]}
-                writer.write_table(pa.table(columns, schema=trace_schema(num_labels)))
-        finally:
-            writer.close()
-            bar.close()
-        emb_file.flush()
-        del emb_file
-        np.save(tmp / PROTOTYPES_FILE, model.bank.prototypes.float().cpu().numpy())
-        samples = {"sample_id": np.arange(n, dtype=np.int64), "text": list(split.texts)}
-        if split.text_pairs is not None:
-            samples["text_pair"] = list(split.text_pairs)
-        samples.update(label=np.asarray(split.labels, dtype=np.int16), n_tokens=n_tokens)
-        pd.DataFrame(samples).to_parquet(tmp / SAMPLES_FILE, index=False)
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            "label_names": list(label_names),
-            "num_layers": num_layers,
-            "num_samples": n,
-            "metric": metric,
-            "is_pair": split.text_pairs is not None,
-            "model": model.config.to_dict(),
-            "cost_model": CostModel.from_model(model).to_dict(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            **(info or {}),
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            part.mkdir(exist_ok=True)
+            total = sum(hi - lo for lo, hi in mine)
+            bar = tqdm(total=total, desc="trace", unit="sample", disable=not (progress and ctx.is_main), dynamic_ncols=True)
+            with pq.ParquetWriter(part / TRACE_FILE, trace_schema(num_labels)) as rows_out, \
+                    pq.ParquetWriter(part / SAMPLES_FILE, _samples_schema(is_pair)) as samples_out, \
+                    open(tmp / EMBEDDINGS_FILE, "r+b") as emb_out, bar:
+                for lo, hi in mine:
+                    rows, samples, emb = _trace_chunk(model, tokenizer, split, lo, hi, batch_size, device, bar, on_progress, total)
+                    rows_out.write_table(pa.table(rows, schema=trace_schema(num_labels)))
+                    samples_out.write_table(pa.table(samples, schema=_samples_schema(is_pair)))
+                    for layer in range(num_layers):  # rows lo..hi of every layer's (n, d_p) block
+                        emb_out.seek(offset + (layer * n + lo) * proto_dim * 2)
+                        emb_out.write(np.ascontiguousarray(emb[layer]).tobytes())
+        except BaseException as exc:  # noqa: BLE001 - every process must reach the check below, then re-raise
+            error = exc
+        if not ctx.all_ok(error is None):
+            if error is not None:
+                raise error
+            raise DE3Error("another tracing process failed (see its error above); nothing was written")
+        if ctx.is_main:
+            if ctx.enabled:
+                _merge_parts(sorted(tmp.glob("part-*")), tmp, num_labels, is_pair)
+            np.save(tmp / PROTOTYPES_FILE, model.bank.prototypes.float().cpu().numpy())
+            meta = {
+                "schema_version": SCHEMA_VERSION,
+                "label_names": list(label_names),
+                "num_layers": num_layers,
+                "num_samples": n,
+                "metric": metric,
+                "is_pair": is_pair,
+                "model": model.config.to_dict(),
+                "cost_model": CostModel.from_model(model).to_dict(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                **(info or {}),
+            }
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    ctx.barrier()  # the others return once the trace is in place
     return Path(out_dir)
+
+
+def _trace_chunk(model, tokenizer, split, lo: int, hi: int, batch_size: int, device, bar, on_progress, total: int):
+    """Samples lo..hi-1: their long-format rows, sample rows and (L, hi-lo, d_p) float16 embeddings, in order."""
+    ids = np.arange(lo, hi)
+    sub = split.subset(ids)
+    enc = batching.encode_split(tokenizer, sub, model.config.max_length)
+    parts: list[tuple[np.ndarray, dict]] = []
+    emb = np.zeros((model.num_layers, hi - lo, model.bank.prototypes.shape[-1]), dtype=np.float16)
+    for local, batch in batching.iterate(tokenizer, enc, batching.eval_order(enc, batch_size), device):
+        labels = batch.pop("labels").cpu().numpy()
+        out = model(**batch)
+        parts.append((local, _rows(out, labels, ids[local])))
+        emb[:, local] = out.embeddings.float().cpu().numpy().astype(np.float16)
+        bar.update(len(local))
+        if on_progress is not None:
+            on_progress(bar.n, total)
+    order = np.argsort(np.concatenate([local for local, _ in parts]), kind="stable")
+    num_layers = model.num_layers
+    rows = {k: np.concatenate([c[k] for _, c in parts]).reshape(-1, num_layers)[order].reshape(-1) for k in parts[0][1]}
+    samples = {"sample_id": ids.astype(np.int64), "text": list(sub.texts)}
+    if sub.text_pairs is not None:
+        samples["text_pair"] = list(sub.text_pairs)
+    samples.update(label=np.asarray(sub.labels, dtype=np.int16), n_tokens=enc.lengths.astype(np.int32))
+    return rows, samples, emb
+
+
+@contextlib.contextmanager
+def _shared_atomic_dir(out_dir: str | Path, ctx: Dist):
+    """``atomic_dir`` made by rank 0, its temporary path shared with every process."""
+    if not ctx.enabled:
+        with atomic_dir(out_dir) as tmp:
+            yield tmp
+        return
+    if ctx.is_main:
+        with atomic_dir(out_dir) as tmp:
+            ctx.broadcast_object(str(tmp))
+            yield tmp
+    else:
+        yield Path(ctx.broadcast_object(None))
+
+
+def _merge_parts(parts: list[Path], folder: Path, num_labels: int, is_pair: bool) -> None:
+    """Concatenate the processes' part files (each in sample order, parts in rank order) row group by row
+    group, so memory stays bounded, then remove the parts."""
+    import shutil
+
+    for name, schema in ((TRACE_FILE, trace_schema(num_labels)), (SAMPLES_FILE, _samples_schema(is_pair))):
+        with pq.ParquetWriter(folder / name, schema) as writer:
+            for part in parts:
+                if (part / name).is_file():
+                    source = pq.ParquetFile(part / name)
+                    for group in range(source.num_row_groups):
+                        writer.write_table(source.read_row_group(group))
+    for part in parts:
+        shutil.rmtree(part)
 
 
 def _versions() -> dict[str, str]:

@@ -3,16 +3,32 @@ AdamW with separate learning rates for backbone and heads, linear warm-up and de
 
 After every epoch each exit's validation metric is printed and logged, so a shallow exit that collapsed to
 one class is visible at once; the best epoch's checkpoint is kept.
+
+The same code runs on one CPU, one GPU, or N processes under ``torchrun`` (PyTorch DDP): every process draws
+the same shuffled global batches of ``batch_size x N`` samples and takes every N-th sample of each, gradients
+are averaged by DDP, and the prototype moving average uses per-class sums and counts all-reduced over the
+processes, so every rank holds identical prototypes — the run equals a one-process run on the same global
+batches up to float rounding. Rank 0 writes checkpoints and logs.
+
+Every ``save_every`` steps and at every epoch end the full training state (weights, prototypes, optimiser,
+scheduler, every rank's RNG, the position in the epoch) goes to ``<out>.resume/``; ``resume=True`` continues
+from it to the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import math
+import pickle
 import random
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +36,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import batching
-from .backbones import load_backbone, load_tokenizer, pick_device
+from .backbones import load_backbone, load_tokenizer
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, compute_metric
-from .io import write_json_atomic
-from .model import DE3Bert
+from .distributed import Dist, process_group
+from .errors import DE3Error
+from .io import atomic_dir, check_output_dir, write_json_atomic
+from .model import DE3Bert, PrototypeBank
+
+RESUME_SUFFIX = ".resume"  # <out>.resume/: the latest resumable training state, removed when the run finishes
+STATE_FORMAT = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -57,19 +78,29 @@ class ExitEvaluation:
 
 @torch.no_grad()
 def evaluate(model: DE3Bert, tokenizer, encoded: batching.Encoded, metric_name: str, batch_size: int = 64,
-             progress: bool = False) -> ExitEvaluation:
-    """Run every exit on an encoded split (dropout off) and score each one."""
+             progress: bool = False, ctx: Dist | None = None) -> ExitEvaluation:
+    """Run every exit on an encoded split (dropout off) and score each one.
+
+    With ``ctx`` of several processes, each runs every ``world_size``-th batch and the predictions are summed
+    across processes (each sample is predicted by exactly one), so every rank gets the whole result.
+    """
     was_training = model.training
     model.eval()
     device = model.device
     preds = np.zeros((model.num_layers, len(encoded)), dtype=np.int64)
     order = batching.eval_order(encoded, batch_size)
+    if ctx is not None and ctx.enabled:
+        order = order[ctx.rank :: ctx.world_size]
     for indices, batch in tqdm(batching.iterate(tokenizer, encoded, order, device), total=len(order),
                                desc="evaluate", leave=False, disable=not progress):
         batch.pop("labels")
         with _autocast(device):
             out = model(**batch)
         preds[:, indices] = out.logits.argmax(-1).cpu().numpy()
+    if ctx is not None and ctx.enabled:
+        gathered = torch.from_numpy(preds).to(device)
+        ctx.all_reduce_sum_(gathered)
+        preds = gathered.cpu().numpy()
     model.train(was_training)
     labels = encoded.labels
     result = ExitEvaluation(preds, labels, metric_name)
@@ -113,6 +144,29 @@ class TrainResult:
     history: list[dict]
     test: ExitEvaluation | None
     seconds: float
+    rank_divergence: float = 0.0  # largest weight/prototype difference between processes at the end (0 = in sync)
+
+
+def resume_dir(out_dir: str | Path) -> Path:
+    """Where the resumable training state of a run writing ``out_dir`` lives: ``<out>.resume/`` beside it."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + RESUME_SUFFIX)
+
+
+@dataclass
+class _Position:
+    """Where a run stands; saved with the state so a resumed run continues exactly here."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0  # global batches of this epoch already done
+    order_rng: dict | None = None  # the batch-order generator's state at this epoch's start
+    epoch_losses: list = field(default_factory=list)
+    epoch_samples: int = 0
+    history: list = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int = 0
+    elapsed: float = 0.0
 
 
 def train(
@@ -125,6 +179,8 @@ def train(
     data_info: dict | None = None,
     progress: bool = True,
     log=print,
+    resume: bool = False,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train DE3-BERT on ``data`` and keep the best epoch's checkpoint in ``out_dir``.
 
@@ -133,31 +189,59 @@ def train(
     model_config, train_config : what to build and how to train it.
     data : a ``DataBundle``; its validation split picks the best epoch, its test split is scored at the end.
     out_dir : checkpoint folder (config.json, model.safetensors, tokenizer, train_config.json, metrics.json).
-    device : "auto" (CUDA when present), "cpu" or "cuda".
+    device : "auto" (CUDA when present; under torchrun, each process its own GPU), "cpu" or "cuda".
     data_info : how the data was loaded (spec, data_dir, columns), saved so later commands can reload it.
-    log : where the per-epoch lines go (``print`` by default).
+    log : where the per-epoch lines go (``print`` by default; only rank 0 logs).
+    resume : continue the interrupted run whose state is in ``<out>.resume/`` (same configs and data).
+    on_step : called with the step number after every optimiser step (and after any state save).
     """
-    start = time.perf_counter()
-    cfg = train_config
-    out_dir = Path(out_dir)
+    with process_group(device) as (ctx, dev):
+        return _train(model_config, train_config, data, Path(out_dir), ctx, dev, data_info=data_info,
+                      progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet, resume=resume, on_step=on_step)
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx: Dist, dev: torch.device, *,
+           data_info, progress, log, resume, on_step) -> TrainResult:
+    check_output_dir(out_dir)  # before any work: an --out that is a file or someone else's folder is refused
+    state_dir = resume_dir(out_dir)
+    fingerprint = _data_fingerprint(data)
+    pos = _Position()
+    if resume:
+        saved = _read_state(state_dir)
+        _check_same_run(saved, model_config, cfg, fingerprint, ctx)
+    elif (state_dir / "state.json").is_file():
+        raise DE3Error(f"{state_dir} holds an interrupted run of {out_dir}; continue it with --resume "
+                       f"(resume=True), or delete that folder to start over")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
-    dev = pick_device(device)
 
     tokenizer = load_tokenizer(model_config.backbone)
     model = DE3Bert(model_config, load_backbone(model_config.backbone)).to(dev)
     if cfg.freeze_embeddings:
         model.backbone.get_input_embeddings().requires_grad_(False)
     model.train()
+    net = _LossAndEmbeddings(model)
+    if ctx.enabled:
+        # DDP finds the parameters without a gradient this step (the last exit's prototype net always; all of
+        # them while DAR waits for every class's prototype, or with alpha = 0) by walking back from the loss.
+        # Prototypes stay in sync by all-reduce, so DDP need not sync buffers.
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True,
+            forward_sync_buffers=False)
 
     train_enc = batching.encode_split(tokenizer, data.train, model_config.max_length)
     val_enc = batching.encode_split(tokenizer, data.validation, model_config.max_length)
 
-    steps_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
-    if cfg.max_steps is not None and cfg.max_steps > cfg.epochs * steps_per_epoch:
-        total_steps = cfg.max_steps  # more steps than epochs give: keep going over the data
+    global_batch = cfg.batch_size * ctx.world_size
+    steps_per_epoch = _steps_per_epoch(len(train_enc), global_batch, ctx.world_size)
+    if steps_per_epoch == 0:
+        raise DE3Error(f"{len(train_enc)} training samples cannot make a batch for {ctx.world_size} processes")
+    total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
     from transformers import get_linear_schedule_with_warmup
@@ -166,63 +250,243 @@ def train(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
     rng = np.random.default_rng(cfg.seed)
+    if resume:
+        pos = _load_state(state_dir, saved, model, optimizer, scheduler, scaler, ctx, dev)
+        log(f"resuming {out_dir} from step {pos.step}/{total_steps} (epoch {pos.epoch}, saved in {state_dir})")
 
+    procs = f", {ctx.world_size} processes x {cfg.batch_size} = global batch {global_batch}" if ctx.enabled else ""
     log(f"training DE3-BERT ({model_config.backbone}, {model.num_layers} layers, {data.num_labels} classes) on "
-        f"{data.name}: {len(train_enc)} train / {len(val_enc)} validation samples, {total_steps} steps, device {dev}")
-    history: list[dict] = []
-    best_score, best_epoch, step = -math.inf, 0, 0
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    for epoch in range(1, num_epochs + 1):
-        seen, epoch_start, losses = 0, time.perf_counter(), []
-        for _, batch in batching.iterate(tokenizer, train_enc, batching.train_order(train_enc, cfg.batch_size, rng), dev):
-            labels = batch.pop("labels")
-            with _autocast(dev):
-                out = model(**batch, labels=labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            model.update_prototypes(out.embeddings, labels)  # after the step: the loss used the old ones
-            step += 1
-            seen += len(labels)
-            losses.append((out.loss.item(), out.ce_loss.item(), out.dar_loss.item()))
-            bar.update(1)
-            sps = seen / (time.perf_counter() - epoch_start)
-            bar.set_postfix(epoch=epoch, loss=f"{losses[-1][0]:.3f}", dar=f"{losses[-1][2]:.3f}", sps=f"{sps:.1f}")
-            if not progress and step % max(1, total_steps // 20) == 0:  # no bar: a line every 5 %
-                log(f"step {step}/{total_steps}  loss {losses[-1][0]:.4f}  {sps:.1f} samples/s")
-            if step >= total_steps:
-                break
-        val = evaluate(model, tokenizer, val_enc, data.metric, cfg.eval_batch_size)
-        mean_loss = np.mean(losses, axis=0) if losses else np.zeros(3)
-        record = {"epoch": epoch, "step": step, "loss": float(mean_loss[0]), "ce_loss": float(mean_loss[1]),
-                  "dar_loss": float(mean_loss[2]), "seconds": round(time.perf_counter() - start, 1),
-                  "validation": val.summary()}
-        history.append(record)
-        bar.write(f"epoch {epoch}  loss {record['loss']:.4f} (ce {record['ce_loss']:.4f}, dar {record['dar_loss']:.4f})  "
-                  f"validation {val.format()}")
-        score = val.metric[-1] if cfg.select_by == "last" else float(np.mean(val.metric))
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            model.save_pretrained(out_dir, tokenizer, extra_files=_extras(model_config, cfg, data, data_info, history))
-        if step >= total_steps:
-            break
-    bar.close()
+        f"{data.name}: {len(train_enc)} train / {len(val_enc)} validation samples, {total_steps} steps, device {dev}{procs}")
+    configs = {"model_config": model_config.to_dict(), "train_config": cfg.to_dict(), "data_info": data_info,
+               "data_fingerprint": fingerprint}
 
-    best = DE3Bert.from_pretrained(out_dir, map_location=dev)
-    test_enc = batching.encode_split(tokenizer, data.test, model_config.max_length)
-    test = evaluate(best, tokenizer, test_enc, data.metric, cfg.eval_batch_size) if len(test_enc) else None
-    seconds = time.perf_counter() - start
-    metrics = {"best_epoch": best_epoch, "train_seconds": round(seconds, 1), "history": history,
-               "test": test.summary() if test else None, "device": str(dev), "torch_threads": torch.get_num_threads()}
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    if test is not None:
-        log(f"test ({len(test_enc)} samples, best epoch {best_epoch}): {test.format()}")
-    log(f"checkpoint: {out_dir}  ({seconds / 60:.1f} min)")
-    return TrainResult(out_dir, best_epoch, history, test, seconds)
+    def save_state() -> None:
+        pos.elapsed += time.perf_counter() - clock_state["t"]
+        clock_state["t"] = time.perf_counter()
+        _save_state(state_dir, model, optimizer, scheduler, scaler, pos, configs, ctx)
+
+    clock_state = {"t": time.perf_counter()}
+    bar = tqdm(total=total_steps, initial=pos.step, desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True, file=sys.stderr)
+    num_labels = model.config.num_labels
+    try:
+        for epoch in range(pos.epoch, num_epochs + 1):
+            if pos.order_rng is not None:
+                rng.bit_generator.state = pos.order_rng  # resumed: this epoch's order again
+            pos.epoch, pos.order_rng = epoch, rng.bit_generator.state
+            order = _global_batches(train_enc, global_batch, rng, ctx.world_size)
+            epoch_start = time.perf_counter()
+            for b in range(pos.batch_in_epoch, len(order)):
+                indices = order[b]
+                local = indices[ctx.rank :: ctx.world_size]
+                batch = batching.collate(tokenizer, train_enc, local, dev)
+                labels = batch.pop("labels")
+                with _autocast(dev):
+                    out_loss, embeddings, ce_loss, dar_loss = net(**batch, labels=labels)
+                # DDP averages gradients over processes; weighting each process's mean loss by its share of
+                # the global batch makes that average the global batch's mean, even for an uneven last batch.
+                loss = out_loss * (len(local) * ctx.world_size / len(indices)) if ctx.enabled else out_loss
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                # prototypes after the step (the loss used the old ones), from the whole global batch
+                sums, counts = PrototypeBank.batch_stats(embeddings, labels, num_labels)
+                ctx.all_reduce_sum_(sums, counts)
+                model.bank.apply_stats(sums, counts, model.config.gamma)
+                pos.step += 1
+                pos.batch_in_epoch = b + 1
+                pos.epoch_samples += len(indices)
+                pos.epoch_losses.append((out_loss.item(), ce_loss.item(), dar_loss.item()))
+                bar.update(1)
+                sps = pos.epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
+                bar.set_postfix(epoch=epoch, loss=f"{pos.epoch_losses[-1][0]:.3f}", dar=f"{pos.epoch_losses[-1][2]:.3f}",
+                                sps=f"{sps:.1f}")
+                if not progress and pos.step % max(1, total_steps // 20) == 0:  # no bar: a line every 5 %
+                    log(f"step {pos.step}/{total_steps}  loss {pos.epoch_losses[-1][0]:.4f}  {sps:.1f} samples/s")
+                if cfg.save_every and pos.step % cfg.save_every == 0 and pos.step < total_steps:
+                    save_state()
+                if on_step is not None:
+                    on_step(pos.step)
+                if pos.step >= total_steps:
+                    break
+            val = evaluate(model, tokenizer, val_enc, data.metric, cfg.eval_batch_size, ctx=ctx)
+            mean_loss = np.mean(pos.epoch_losses, axis=0) if pos.epoch_losses else np.zeros(3)
+            record = {"epoch": epoch, "step": pos.step, "loss": float(mean_loss[0]), "ce_loss": float(mean_loss[1]),
+                      "dar_loss": float(mean_loss[2]),
+                      "seconds": round(pos.elapsed + time.perf_counter() - clock_state["t"], 1),
+                      "validation": val.summary()}
+            pos.history.append(record)
+            (bar.write if progress else log)(f"epoch {epoch}  loss {record['loss']:.4f} (ce {record['ce_loss']:.4f}, dar {record['dar_loss']:.4f})  "
+                      f"validation {val.format()}")
+            score = val.metric[-1] if cfg.select_by == "last" else float(np.mean(val.metric))
+            if pos.best_score is None or score > pos.best_score:
+                pos.best_score, pos.best_epoch = score, epoch
+                if ctx.is_main:
+                    model.save_pretrained(out_dir, tokenizer,
+                                          extra_files=_extras(model_config, cfg, data, data_info, pos.history))
+            pos.epoch, pos.batch_in_epoch, pos.epoch_losses, pos.epoch_samples = epoch + 1, 0, [], 0
+            pos.order_rng = rng.bit_generator.state
+            if pos.step >= total_steps:
+                break
+            save_state()
+    except KeyboardInterrupt:
+        if (state_dir / "state.json").is_file():
+            log(f"interrupted at step {pos.step}; continue from the last saved state with "
+                f"`python -m analysis train --resume --out {out_dir}`")
+        raise
+    finally:
+        bar.close()
+
+    divergence = ctx.max_divergence([*model.parameters(), model.bank.prototypes])
+    if ctx.enabled:
+        log(f"{ctx.world_size} processes end in sync: largest weight/prototype difference {divergence:.3g}")
+    test = None
+    seconds = pos.elapsed + time.perf_counter() - clock_state["t"]
+    if ctx.is_main:
+        best = DE3Bert.from_pretrained(out_dir, map_location=dev)
+        test_enc = batching.encode_split(tokenizer, data.test, model_config.max_length)
+        test = evaluate(best, tokenizer, test_enc, data.metric, cfg.eval_batch_size) if len(test_enc) else None
+        seconds = pos.elapsed + time.perf_counter() - clock_state["t"]
+        metrics = {"best_epoch": pos.best_epoch, "train_seconds": round(seconds, 1), "history": pos.history,
+                   "test": test.summary() if test else None, "device": str(dev), "torch_threads": torch.get_num_threads(),
+                   "processes": ctx.world_size, "global_batch_size": global_batch, "rank_divergence": divergence}
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        if test is not None:
+            log(f"test ({len(test_enc)} samples, best epoch {pos.best_epoch}): {test.format()}")
+        shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
+        log(f"checkpoint: {out_dir}  ({seconds / 60:.1f} min)")
+    ctx.barrier()
+    return TrainResult(out_dir, pos.best_epoch, pos.history, test, seconds, divergence)
+
+
+class _LossAndEmbeddings(torch.nn.Module):
+    """The training forward with only the loss attached to the graph (the embeddings, for the prototype update,
+    come detached), so DDP can tell which parameters got no gradient."""
+
+    def __init__(self, model: DE3Bert):
+        super().__init__()
+        self.model = model
+
+    def forward(self, labels: torch.Tensor, **inputs) -> tuple[torch.Tensor, ...]:
+        out = self.model(**inputs, labels=labels)
+        return out.loss, out.embeddings.detach(), out.ce_loss.detach(), out.dar_loss.detach()
+
+
+def _steps_per_epoch(n: int, global_batch: int, world_size: int) -> int:
+    """Global batches per epoch; a last batch smaller than the number of processes is dropped."""
+    full, rest = divmod(n, global_batch)
+    return full + (1 if rest >= world_size else 0)
+
+
+def _global_batches(encoded: batching.Encoded, global_batch: int, rng: np.random.Generator, world_size: int) -> list[np.ndarray]:
+    """This epoch's shuffled, length-grouped global batches — the same on every process (same seed)."""
+    return [b for b in batching.train_order(encoded, global_batch, rng) if len(b) >= world_size]
+
+
+# ---- resumable state: <out>.resume/{state.json, model.safetensors, optimizer.pt} ----
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {**numpy_state, "state": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                                                "pos": numpy_state["state"]["pos"]}}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    torch.set_rng_state(state["torch"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": numpy_state["state"]["key"].numpy().astype(np.uint32), "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_state(folder: Path, model: DE3Bert, optimizer, scheduler, scaler, pos: _Position, configs: dict, ctx: Dist) -> None:
+    """Every rank's RNG is gathered; rank 0 writes the folder atomically (an interrupted save keeps the old one)."""
+    from safetensors.torch import save_file
+
+    rng_states = ctx.all_gather_object(_rng_state())
+    if ctx.is_main:
+        with atomic_dir(folder) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_states}, tmp / "optimizer.pt")
+            payload = {"format": STATE_FORMAT, "world_size": ctx.world_size, **configs, **asdict(pos)}
+            (tmp / "state.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    ctx.barrier()
+
+
+def _read_state(folder: Path) -> dict:
+    path = folder / "state.json"
+    if not path.is_file():
+        raise DE3Error(f"nothing to resume: {path} not found (the run finished, never saved a state, or --out differs)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DE3Error(f"{path}: unreadable training state ({exc}); delete {folder} to start over") from None
+    if saved.get("format") != STATE_FORMAT:
+        raise DE3Error(f"{path}: training state format {saved.get('format')!r}, this version reads {STATE_FORMAT}")
+    return saved
+
+
+def _check_same_run(saved: dict, model_config: ModelConfig, cfg: TrainConfig, fingerprint: dict, ctx: Dist) -> None:
+    """A resumed run must be the same run: same configs (threads and save interval aside), data and processes."""
+    ignore = {"num_threads", "save_every"}
+    diffs = [f"model.{k}" for k, v in model_config.to_dict().items() if _jsonish(v) != saved["model_config"].get(k)]
+    diffs += [f"train.{k}" for k, v in cfg.to_dict().items()
+              if k not in ignore and _jsonish(v) != saved["train_config"].get(k)]
+    if diffs:
+        raise DE3Error(f"cannot resume: {', '.join(diffs)} differ from the interrupted run's; resume with the same settings")
+    if saved["data_fingerprint"] != fingerprint:
+        raise DE3Error("cannot resume: the data differ from the interrupted run's (sizes or labels); load the same data")
+    if saved["world_size"] != ctx.world_size:
+        raise DE3Error(f"cannot resume: the run was saved by {saved['world_size']} process(es), this is {ctx.world_size}; "
+                       "resume with the same number")
+
+
+def _jsonish(value):
+    return json.loads(json.dumps(value))
+
+
+def _load_state(folder: Path, saved: dict, model: DE3Bert, optimizer, scheduler, scaler, ctx: Dist, dev) -> _Position:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(folder / "model.safetensors"), device=str(dev))
+        model.load_state_dict(weights)
+        blob = torch.load(folder / "optimizer.pt", map_location=dev, weights_only=True)
+    except (OSError, SafetensorError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise DE3Error(f"{folder}: unreadable training state ({str(exc).splitlines()[0]}); delete it to start over") from None
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    scaler.load_state_dict(blob["scaler"])
+    rng = blob["rng"][ctx.rank]
+    rng["torch"] = rng["torch"].cpu()
+    _set_rng_state(rng)
+    names = {f.name for f in dataclasses.fields(_Position)}
+    return _Position(**{k: v for k, v in saved.items() if k in names})
+
+
+def _data_fingerprint(data: DataBundle) -> dict:
+    """Sizes and a hash of the labels and texts of every split: enough to refuse resuming on other data."""
+    def digest(split) -> str:
+        h = hashlib.sha1(np.asarray(split.labels, dtype=np.int64).tobytes())
+        for text in split.texts:
+            h.update(text.encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
+
+    return {"name": data.name, **{name: [len(data.split(name)), digest(data.split(name))]
+                                  for name in ("train", "validation", "test")}}
 
 
 def _extras(model_config: ModelConfig, cfg: TrainConfig, data: DataBundle, data_info: dict | None, history: list[dict]) -> dict:

@@ -116,6 +116,15 @@ def get_matched(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
+def get_preview(path: str, header: bool, display_name: str | None = None) -> pd.DataFrame:
+    """The first rows of an uploaded file (``sources.preview_columns``), read once per file and header setting: an
+    upload's path is its content hash, so the path is a complete key. Errors are raised, not cached."""
+    from pathlib import Path
+
+    return sources.preview_columns(Path(path), header=header, display_name=display_name)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
 def get_per_layer(ref: TraceRef) -> pd.DataFrame:
     """Each exit's metric if every sample answered there (``curves.per_layer_metric``)."""
     return _curves.per_layer_metric(get_trace(ref))

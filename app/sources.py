@@ -8,6 +8,12 @@ No Streamlit here. A ``TraceSource`` is small, frozen and hashable; ``trace_fold
 The hash covers the checkpoint's weights file (path, size, modification time), the data spec and its options
 and the split, so a retrained checkpoint or another file never reuses a stale trace. Nothing is written
 into the repository.
+
+Roots: a path typed in the app (or put in its URL) -- checkpoint folder, GLUE folder, data file -- is resolved
+(symlinks followed) and must lie inside one of ``allowed_roots()``: the repository's ``pretrained/`` and
+``runs/``, the cache folder, the default GLUE folder ``../shared/data/glue``, and the folders listed in
+``$DE3_APP_ROOTS`` (separated by ``os.pathsep``). Anything else is refused before it is read. Uploads are
+stored only under ``<cache>/uploads/``, named by their content hash.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,11 +37,59 @@ GLUE_TASKS = ("sst2", "mrpc", "rte", "qnli", "qqp", "mnli", "cola")
 SPLITS = ("test", "validation", "train")
 OWN_DATA = "own"
 CACHE_VERSION = 1
+ROOTS_ENV = "DE3_APP_ROOTS"
+MAX_UPLOAD_MB = 50  # the same limit as server.maxUploadSize in .streamlit/config.toml
+UPLOAD_TYPES = (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".json")
 
 
 def cache_root() -> Path:
     """``$DE3_CACHE_DIR`` or ``~/.cache/de3bert``: computed traces and uploaded files, never the repo."""
     return Path(os.environ.get("DE3_CACHE_DIR") or Path.home() / ".cache" / "de3bert").expanduser()
+
+
+def allowed_roots() -> list[Path]:
+    """The folders the app may read checkpoints and data from (resolved): ``pretrained/``, ``runs/``, the cache,
+    the default GLUE folder, and every folder in ``$DE3_APP_ROOTS`` (``os.pathsep``-separated)."""
+    roots = [PRETRAINED, REPO / "runs", cache_root(), DEFAULT_GLUE_DIR]
+    roots += [Path(p.strip()).expanduser() for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    out: list[Path] = []
+    for root in roots:
+        resolved = root.resolve()
+        if resolved not in out:
+            out.append(resolved)
+    return out
+
+
+def _show_root(root: Path) -> str:
+    for base, prefix in ((REPO, ""), (REPO.parent, "../"), (Path.home(), "~/")):
+        try:
+            return prefix + str(root.relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(root)
+
+
+def check_allowed(path: str | Path, typed: str, what: str) -> Path:
+    """``path`` resolved (``~`` expanded, symlinks followed), if it lies inside one of ``allowed_roots()``.
+
+    Raises ``DE3Error`` naming the roots otherwise -- before anything at that path is read.
+    """
+    resolved = Path(path).expanduser().resolve()
+    roots = allowed_roots()
+    if any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        return resolved
+    raise DE3Error(f"{what} {_short(typed)} is outside the folders this app may read "
+                   f"({', '.join(_show_root(r) for r in roots)}); set {ROOTS_ENV} to allow it")
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")
+
+
+def _under_repo(typed: str) -> Path:
+    """A typed path: ``~`` expanded, relative paths taken from the repository."""
+    path = Path(typed).expanduser()
+    return path if path.is_absolute() else REPO / path
 
 
 @dataclass(frozen=True)
@@ -64,10 +119,9 @@ class TraceSource:
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
-    """A checkpoint folder as typed (relative to the repository or absolute), checked to exist."""
-    path = Path(checkpoint).expanduser()
-    if not path.is_absolute():
-        path = REPO / path
+    """A checkpoint folder as typed (relative to the repository or absolute), checked to lie inside the allowed
+    roots and to exist; returned resolved."""
+    path = check_allowed(_under_repo(checkpoint), checkpoint, "checkpoint folder")
     if not path.is_dir():
         raise DE3Error(f"checkpoint folder {checkpoint!r} not found; type a folder written by "
                        "`python -m analysis train` (it holds config.json and model.safetensors)")
@@ -117,11 +171,31 @@ def trace_folder(source: TraceSource) -> Path:
     if shipped is not None:
         return shipped
     ckpt = resolve_checkpoint(source.checkpoint)
-    data_dir = str(Path(source.data_dir).expanduser().resolve()) if source.data_dir else None
-    data = source.data if source.data == OWN_DATA or source.data.startswith("glue/") else str(Path(source.data).expanduser().resolve())
+    data_dir = str(data_dir_of(source)) if source.data_dir else None
+    data = str(data_file_of(source)) if is_data_file(source) else source.data
     payload = {"v": CACHE_VERSION, "weights": _weights_stamp(ckpt), **source.key(), "data": data, "data_dir": data_dir}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_root() / "traces" / digest
+
+
+def is_data_file(source: TraceSource) -> bool:
+    """Whether the source's data is a file path (not "own", "bbc" or "glue/<task>")."""
+    return source.data != OWN_DATA and not source.data.startswith("glue/") and source.data.strip().lower() != "bbc"
+
+
+def data_dir_of(source: TraceSource) -> Path | None:
+    """The typed GLUE / data folder, resolved and checked against the allowed roots."""
+    if not source.data_dir:
+        return None
+    return check_allowed(_under_repo(source.data_dir), source.data_dir, "data folder")
+
+
+def data_file_of(source: TraceSource) -> Path:
+    """The data file of ``source`` (relative to its data folder, else to the repository), resolved and checked."""
+    path = Path(source.data).expanduser()
+    if not path.is_absolute():
+        path = (data_dir_of(source) or REPO) / path
+    return check_allowed(path, source.display_name or source.data, "data file")
 
 
 def trace_stamp(folder: Path) -> int:
@@ -138,14 +212,20 @@ def load_split(source: TraceSource):
     from analysis.checkpoint import load_checkpoint_data
 
     ckpt = resolve_checkpoint(source.checkpoint)
-    if source.data == OWN_DATA:
+    if source.data == OWN_DATA:  # as recorded in the checkpoint's data.json, which is part of the checkpoint
         data = load_checkpoint_data(ckpt)
+    elif not is_data_file(source):
+        data_dir = data_dir_of(source)
+        data = load_checkpoint_data(ckpt, spec=source.data, data_dir=None if data_dir is None else str(data_dir))
     else:
-        overrides = {"data_dir": source.data_dir}
-        if not source.data.startswith("glue/"):
-            overrides.update(text_columns=list(source.text_columns) if source.text_columns else None,
-                             label_column=source.label_column, header=source.header)
-        data = load_checkpoint_data(ckpt, spec=source.data, **overrides)
+        path = data_file_of(source)
+        try:
+            data = load_checkpoint_data(ckpt, spec=str(path), header=source.header, label_column=source.label_column,
+                                        text_columns=list(source.text_columns) if source.text_columns else None)
+        except DE3Error as exc:  # an upload is stored under a hash: name it as the user knows it
+            if not source.display_name:
+                raise
+            raise type(exc)(str(exc).replace(str(path), source.display_name)) from None
     split = data.split(source.split)
     if source.max_samples:
         split = split.subset(range(min(source.max_samples, len(split))))
@@ -165,11 +245,30 @@ def compute_trace(source: TraceSource, model, tokenizer, folder: Path,
     return folder
 
 
+def safe_display_name(name: str, limit: int = 100) -> str:
+    """An uploaded file's name for captions and messages: no folders, no control or bidi-override characters
+    (letters of any script and emoji are kept), at most ``limit`` characters."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in base if c == "\u200d" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"))
+    kept = kept.strip() or "upload"
+    return kept if len(kept) <= limit else kept[: limit - 3] + "..."
+
+
 def save_upload(name: str, content: bytes) -> Path:
-    """Keep an uploaded data file under the cache folder, named by its content hash (same file, same path)."""
-    suffix = Path(name).suffix.lower()
-    if suffix not in (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".json"):
-        raise DE3Error(f"{name}: unsupported file type {suffix or '(none)'}; upload .csv, .tsv, .txt, .parquet or .jsonl")
+    """Keep an uploaded data file under ``<cache>/uploads/``, named by its content hash (same file, same path).
+
+    The uploaded name gives only the file type; it never becomes part of a path. Empty files, files larger than
+    ``MAX_UPLOAD_MB`` and types other than ``UPLOAD_TYPES`` are refused with a ``DE3Error``.
+    """
+    shown = safe_display_name(name)
+    suffix = Path(shown).suffix.lower()
+    if suffix not in UPLOAD_TYPES:
+        raise DE3Error(f"{shown}: unsupported file type {suffix or '(none)'}; upload .csv, .tsv, .txt, .parquet or .jsonl")
+    if len(content) == 0:
+        raise DE3Error(f"{shown}: the file is empty (0 bytes); upload a file with a header row and data rows")
+    if len(content) > MAX_UPLOAD_MB * 2**20:
+        raise DE3Error(f"{shown}: larger ({len(content):,} bytes) than the {MAX_UPLOAD_MB} MB this app accepts; "
+                       "upload a smaller file (a sample of the rows), or use the command line for big data")
     folder = cache_root() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(content).hexdigest()[:16]}{suffix}"
@@ -179,23 +278,23 @@ def save_upload(name: str, content: bytes) -> Path:
     return path
 
 
-def preview_columns(path: Path, header: bool = True, rows: int = 5):
-    """Column names and the first rows of a CSV/TSV/Parquet/JSONL file, for the column pickers."""
+def preview_columns(path: Path, header: bool = True, rows: int = 5, display_name: str | None = None):
+    """Column names and the first rows of a CSV/TSV/Parquet/JSONL file, for the column pickers.
+
+    The file is read by ``analysis.data.read_columns``, so a file that previews is one ``load_data`` reads, and
+    a bad one gets the same one-line message (naming ``display_name`` instead of the stored path).
+    """
     import pandas as pd
 
-    suffix = path.suffix.lower()
+    from analysis.data import read_columns
+
     try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path).head(rows)
-        elif suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=suffix == ".jsonl").head(rows)
-        else:
-            sep = "," if suffix == ".csv" else "\t"
-            frame = pd.read_csv(path, sep=sep, header=0 if header else None, nrows=rows,
-                                quoting=3 if sep == "\t" else 0, dtype=str)
-    except Exception as exc:  # noqa: BLE001 - pandas raises many kinds; all mean "this file cannot be read"
-        raise DE3Error(f"{path.name}: cannot read the file ({' '.join(str(exc).split())[:200]})") from None
-    frame.columns = [str(c) for c in frame.columns]
+        names, columns = read_columns(path, header=header)
+    except DE3Error as exc:
+        message = str(exc)
+        raise DE3Error(message.replace(str(path), display_name) if display_name else message) from None
+    frame = pd.DataFrame({i: col[:rows] for i, col in enumerate(columns)})
+    frame.columns = [str(n) for n in names] if names is not None else [str(i) for i in range(len(columns))]
     return frame
 
 

@@ -214,7 +214,9 @@ def test_url_settings_are_read_on_load():
 
 
 def test_user_errors_are_shown_not_raised():
-    at = ok(app(ckpt="/no/such/checkpoint", policy="nonsense"))
+    at = ok(app(ckpt="/no/such/checkpoint"))
+    assert any("outside the folders this app may read" in e.value for e in at.error)  # refused before it is looked at
+    at = ok(app(ckpt="runs/no-such-checkpoint", policy="nonsense"))
     assert any("not found" in e.value for e in at.error)
     assert any("unknown policy" in w.value for w in at.warning)
     at = goto(at, "tradeoff")  # every page explains instead of crashing

@@ -76,3 +76,67 @@ def test_dr_vectorised_equals_scalar(a, b):
     n = min(len(a), len(b))
     vec = distance_ratio(a[:n], b[:n])
     assert np.allclose(vec, [distance_ratio(x, y) for x, y in zip(a[:n], b[:n])])
+
+
+# ---- added for issue 6: every direction of every parameter, per sample, and the signals of whole traces ----------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(["de3", "dr", "entropy", "pcee"]), unit, unit, lambdas, st.integers(1, 3))
+def test_lower_tau_never_moves_a_sample_earlier(trace, name, t1, t2, lam, patience):
+    """Signals are "lower = more confident" and a sample exits when its signal < τ: a lower τ passes a subset of the
+    layers, so no sample leaves earlier (per sample, stronger than the mean speed-up)."""
+    low, high = sorted((t1, t2))
+    early = decide_exits(trace.wide, ExitPolicy(name, tau=high, lambda_=lam, patience=patience)).exit_layer
+    late = decide_exits(trace.wide, ExitPolicy(name, tau=low, lambda_=lam, patience=patience)).exit_layer
+    assert (late >= early).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), unit, unit)
+def test_maxprob_higher_tau_never_raises_speedup(trace, t1, t2):
+    """max-probability exits when max_p > τ (the other direction): a higher τ is the more careful one."""
+    low, high = sorted((t1, t2))
+    loose = decide_exits(trace.wide, ExitPolicy("maxprob", tau=low)).exit_layer
+    careful = decide_exits(trace.wide, ExitPolicy("maxprob", tau=high)).exit_layer
+    assert (careful >= loose).all()
+    assert evaluate_policy(trace, ExitPolicy("maxprob", tau=high))["speedup"] <= \
+        evaluate_policy(trace, ExitPolicy("maxprob", tau=low))["speedup"] + 1e-12
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(["pabee", "pcee"]), st.integers(1, 5), st.integers(1, 5), unit)
+def test_more_patience_never_raises_speedup(trace, name, p1, p2, tau):
+    small, large = sorted((p1, p2))
+    quick = decide_exits(trace.wide, ExitPolicy(name, tau=tau, patience=small)).exit_layer
+    patient = decide_exits(trace.wide, ExitPolicy(name, tau=tau, patience=large)).exit_layer
+    assert (patient >= quick).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces(), st.sampled_from(["de3", "dr", "entropy", "maxprob", "pabee", "pcee", "static", "oracle"]), unit,
+       lambdas, st.integers(1, 6))
+def test_exits_are_valid_layers_and_answer_with_that_layer(trace, name, tau, lam, k):
+    decision = decide_exits(trace.wide, ExitPolicy(name, tau=tau, lambda_=lam, patience=k, layer=k))
+    L = trace.num_layers
+    assert ((decision.exit_layer >= 1) & (decision.exit_layer <= L)).all()
+    rows = np.arange(trace.num_samples)
+    assert (decision.pred == np.asarray(trace.wide["pred"])[rows, decision.exit_layer - 1]).all()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_trace_signals_in_unit_interval(trace):
+    for name in ("dr", "entropy", "max_prob"):
+        values = np.asarray(trace.wide[name])
+        assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-6).all(), name
+
+
+@given(unit, unit, lambdas, lambdas)
+def test_edr_moves_towards_dr_as_lambda_grows(dr, ent, l1, l2):
+    """EDR is the weighted harmonic mean of DR (weight λ) and entropy (weight 1): a larger λ never moves it away
+    from DR."""
+    small, large = sorted((l1, l2))
+    gap_small = abs(edr(np.float64(dr), np.float64(ent), small) - dr)
+    gap_large = abs(edr(np.float64(dr), np.float64(ent), large) - dr)
+    assert gap_large <= gap_small + 1e-7

@@ -28,7 +28,9 @@ def source_picker(current: sources.TraceSource) -> None:
                               help="A folder written by `python -m analysis train`; the shipped default is preselected.")
         if choice == OTHER:
             st.session_state.setdefault("ov_ckpt_path", "" if current.checkpoint in shipped else current.checkpoint)
-            checkpoint = st.text_input("Checkpoint folder", key="ov_ckpt_path", placeholder="runs/bbc or /abs/path")
+            checkpoint = st.text_input("Checkpoint folder", key="ov_ckpt_path", placeholder="runs/bbc or /abs/path",
+                                       help="Relative to the repository. The app reads only inside pretrained/, "
+                                            f"runs/, its cache folder, the default GLUE folder and ${sources.ROOTS_ENV}.")
         else:
             checkpoint = choice
         st.session_state.setdefault("ov_split", current.split)
@@ -82,10 +84,11 @@ def file_picker() -> dict | None:
     if upload is None:
         st.caption("Upload a file to pick its columns.")
         return None
+    name = sources.safe_display_name(upload.name)
     try:
         path = sources.save_upload(upload.name, upload.getvalue())
         header = st.checkbox("First row holds column names", value=True, key="ov_header")
-        preview = sources.preview_columns(path, header=header)
+        preview = cache.get_preview(str(path), header, name)
     except DE3Error as exc:
         st.error(str(exc))
         return None
@@ -104,7 +107,7 @@ def file_picker() -> dict | None:
                              key="ov_label_col")
     text_columns = (text_col,) if pair_col == "(none)" else (text_col, pair_col)
     return {"data": str(path), "text_columns": text_columns, "label_column": label_col, "header": header,
-            "display_name": upload.name}
+            "display_name": name}
 
 
 def cost_definitions() -> None:
