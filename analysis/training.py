@@ -433,8 +433,10 @@ def _read_state(folder: Path) -> dict:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DE3Error(f"{path}: unreadable training state ({exc}); delete {folder} to start over") from None
-    if saved.get("format") != STATE_FORMAT:
-        raise DE3Error(f"{path}: training state format {saved.get('format')!r}, this version reads {STATE_FORMAT}")
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
+        raise DE3Error(f"{path}: training state format {found!r}, this version reads {STATE_FORMAT}; "
+                       f"delete {folder} to start over")
     return saved
 
 
