@@ -260,12 +260,15 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
     configs = {"model_config": model_config.to_dict(), "train_config": cfg.to_dict(), "data_info": data_info,
                "data_fingerprint": fingerprint}
 
+    run_start, earlier = time.perf_counter(), pos.elapsed  # seconds spent before an interruption count too
+
+    def elapsed() -> float:
+        return earlier + time.perf_counter() - run_start
+
     def save_state() -> None:
-        pos.elapsed += time.perf_counter() - clock_state["t"]
-        clock_state["t"] = time.perf_counter()
+        pos.elapsed = elapsed()
         _save_state(state_dir, model, optimizer, scheduler, scaler, pos, configs, ctx)
 
-    clock_state = {"t": time.perf_counter()}
     bar = tqdm(total=total_steps, initial=pos.step, desc="train", unit="step", disable=not progress,
                dynamic_ncols=True, file=sys.stderr)
     num_labels = model.config.num_labels
@@ -317,7 +320,7 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
             mean_loss = np.mean(pos.epoch_losses, axis=0) if pos.epoch_losses else np.zeros(3)
             record = {"epoch": epoch, "step": pos.step, "loss": float(mean_loss[0]), "ce_loss": float(mean_loss[1]),
                       "dar_loss": float(mean_loss[2]),
-                      "seconds": round(pos.elapsed + time.perf_counter() - clock_state["t"], 1),
+                      "seconds": round(elapsed(), 1),
                       "validation": val.summary()}
             pos.history.append(record)
             (bar.write if progress else log)(f"epoch {epoch}  loss {record['loss']:.4f} (ce {record['ce_loss']:.4f}, dar {record['dar_loss']:.4f})  "
@@ -345,12 +348,12 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
     if ctx.enabled:
         log(f"{ctx.world_size} processes end in sync: largest weight/prototype difference {divergence:.3g}")
     test = None
-    seconds = pos.elapsed + time.perf_counter() - clock_state["t"]
+    seconds = elapsed()
     if ctx.is_main:
         best = DE3Bert.from_pretrained(out_dir, map_location=dev)
         test_enc = batching.encode_split(tokenizer, data.test, model_config.max_length)
         test = evaluate(best, tokenizer, test_enc, data.metric, cfg.eval_batch_size) if len(test_enc) else None
-        seconds = pos.elapsed + time.perf_counter() - clock_state["t"]
+        seconds = elapsed()
         metrics = {"best_epoch": pos.best_epoch, "train_seconds": round(seconds, 1), "history": pos.history,
                    "test": test.summary() if test else None, "device": str(dev), "torch_threads": torch.get_num_threads(),
                    "processes": ctx.world_size, "global_batch_size": global_batch, "rank_divergence": divergence}
