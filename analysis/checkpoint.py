@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .backbones import load_tokenizer
-from .errors import CheckpointError
+from .errors import CheckpointError, name_list, one_line
 from .model import DE3Bert, read_checkpoint_config
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -30,7 +30,7 @@ def checkpoint_data_info(folder: str | Path) -> dict:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]}); pass --data instead") from None
+        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc, 200)}); pass --data instead") from None
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: expected a JSON object; pass --data instead")
     return info
@@ -56,14 +56,13 @@ def load_checkpoint_data(folder: str | Path, spec: str | None = None, **override
     if list(data.label_names) != model_labels:
         unseen = [n for n in data.label_names if n not in model_labels]
         absent = [n for n in model_labels if n not in data.label_names]
-        what = (f"classes the checkpoint never saw: {_some(unseen)}" if unseen else
-                f"not all of its classes (no {_some(absent)})" if absent else "its classes in another order")
+        what = (f"classes the checkpoint never saw: {_classes(unseen)}" if unseen else
+                f"not all of its classes (no {_classes(absent)})" if absent else "its classes in another order")
         raise CheckpointError(f"{data.name}: the data has {what}; the checkpoint {Path(folder).name} knows "
-                              f"{_some(model_labels)}; use data (or a label column) with exactly these classes")
+                              f"{_classes(model_labels)}; use data (or a label column) with exactly these classes")
     return data
 
 
-def _some(names: list[str], limit: int = 8) -> str:
-    """A few names for a message (a wrong label column can hold thousands of values)."""
-    shown = [repr(n if len(n) <= 30 else n[:27] + "...") for n in names[:limit]]
-    return ", ".join(shown) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+def _classes(names: list[str]) -> str:
+    """A few class names for a message (a wrong label column can hold thousands of values)."""
+    return name_list(names, limit=8, width=30, quote=True)

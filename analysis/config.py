@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DE3Error
+from .errors import DE3Error, one_line
 
 POOLINGS = ("mean", "cls")
 DAR_FORMS = ("proto_ce", "ratio", "margin")
@@ -150,7 +150,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise DE3Error(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DE3Error(f"{path}: not valid JSON ({' '.join(str(exc).split())[:200]}); fix or re-create the file") from None
+        raise DE3Error(f"{path}: not valid JSON ({one_line(exc, 200)}); fix or re-create the file") from None
     if not isinstance(data, dict):
         raise DE3Error(f"{path}: expected a JSON object at the top level")
     return data

@@ -36,7 +36,7 @@ import pandas as pd
 from sklearn import metrics as skmetrics
 from sklearn.model_selection import train_test_split
 
-from analysis.errors import DataError
+from analysis.errors import DataError, name_list, one_line, shorten
 
 SPLIT_NAMES = ("train", "validation", "test")
 METRICS = ("accuracy", "f1", "mcc")
@@ -492,7 +492,7 @@ def _read_glue_hub(task: _GlueTask) -> tuple[_Rows, _Rows]:
             parts.append(_Rows(texts[0], texts[1] if len(texts) > 1 else None, labels))
     except Exception as exc:  # offline, hub down, cache corrupt: all the same to the user
         raise DataError(f"glue/{task.name}: could not load it from the Hugging Face hub ({type(exc).__name__}: "
-                        f"{_one_line(exc)}); offline? pass --data-dir pointing at a GLUE folder holding "
+                        f"{one_line(exc)}); offline? pass --data-dir pointing at a GLUE folder holding "
                         f"{task.folder}/train.tsv and {task.folder}/{task.dev_file}") from None
     return parts[0], parts[1]
 
@@ -581,7 +581,7 @@ def _read_table(path: Path, header: bool) -> tuple[list[str] | None, list[list[A
         names, columns, line_numbers = _read_json_lines(path)
     n_rows = len(columns[0]) if columns else 0
     if n_rows == 0:
-        found = f"columns {_names_list(names)} but" if names else "nothing:"
+        found = f"columns {name_list(names)} but" if names else "nothing:"
         raise DataError(f"{path}: has {found} no data rows; add rows below the header")
     return names, columns, line_numbers
 
@@ -599,22 +599,11 @@ def _check_delimiter(path: Path, sep: str, names: list[str] | None, columns: lis
         if other != sep and other in first:
             wanted = f"{SEPARATORS[sep]}-separated (.csv = commas, .tsv/.txt = tabs)"
             fix = " or rename it .tsv" if other == "\t" else " or rename it .csv" if other == "," else ""
-            raise DataError(f"{path}: found a single column; its first line {_short(first)} holds {word}s, so the "
+            raise DataError(f"{path}: found a single column; its first line {shorten(first)} holds {word}s, so the "
                             f"file looks {word}-separated, but a {path.suffix.lower()} file must be {wanted}; "
                             f"re-save it with the right delimiter{fix}")
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """repr of a value, cut to ``limit`` characters (a 5 MB line must not become a 5 MB message)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
-def _names_list(names: Sequence[Any], limit: int = 12) -> str:
-    """Column names for a message: at most ``limit``, each cut short."""
-    shown = [str(n) if len(str(n)) <= 40 else str(n)[:37] + "..." for n in list(names)[:limit]]
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(shown) + more
 
 
 def _decode(path: Path) -> str:
@@ -664,7 +653,7 @@ def _read_delimited(
             rows.append(row)
             line_numbers.append(reader.line_num)
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: cannot parse ({_one_line(exc)}); fix that line") from None
+        raise DataError(f"{path}: line {reader.line_num}: cannot parse ({one_line(exc)}); fix that line") from None
     columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in range(width)]
     return names, columns, line_numbers
 
@@ -674,7 +663,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[Any]]]:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for truncated or foreign bytes
         raise DataError(f"{path}: not a readable Parquet file, truncated or corrupt ({type(exc).__name__}: "
-                        f"{_one_line(exc)}); re-export it") from None
+                        f"{one_line(exc)}); re-export it") from None
     return [str(c) for c in frame.columns], [frame[c].tolist() for c in frame.columns]
 
 
@@ -737,7 +726,7 @@ def _column_index(path: Path, names: list[str] | None, n_columns: int, column: s
     if names is None:
         raise DataError(f"{path}: {role} column {column!r} cannot be found by name: the file has no header row, "
                         f"so choose columns by 0-based index (it has {n_columns} columns); pass e.g. {option} 0")
-    raise DataError(f"{path}: no {role} column {_short(column)}; columns found: {_names_list(names)}; "
+    raise DataError(f"{path}: no {role} column {shorten(column)}; columns found: {name_list(names)}; "
                     f"pass {option} with one of these")
 
 
@@ -758,7 +747,7 @@ def _choose_columns(
             if name in names:
                 return names.index(name)
         raise DataError(f"{path}: no {role} column found (looked for {', '.join(candidates)}); columns found: "
-                        f"{_names_list(names)}; pass --{role}-column")
+                        f"{name_list(names)}; pass --{role}-column")
 
     if text_columns is None:
         text_keys = [default(DEFAULT_TEXT_COLUMNS, "text")]
@@ -830,12 +819,8 @@ def _labels(path: Path, names: list[str] | None, key: int, values: list[Any], wh
         keys = [str(v).strip() for v in values]
         label_names = classes = sorted(set(keys))
     if len(classes) < 2:
-        raise DataError(f"{path}: column {_column_name(names, key)} holds a single class ({_short(label_names[0])}); "
+        raise DataError(f"{path}: column {_column_name(names, key)} holds a single class ({shorten(label_names[0])}); "
                         "a classifier needs at least 2 classes: check --label-column or add rows of other classes")
     index = {c: i for i, c in enumerate(classes)}
     return [index[k] for k in keys], label_names
 
-
-def _one_line(exc: BaseException | str) -> str:
-    """An exception's message squeezed onto one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__

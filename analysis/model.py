@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .errors import CheckpointError, DE3Error
+from .errors import CheckpointError, DE3Error, one_line
 from .io import atomic_dir
 from .signals import ExitSignals, distance_ratio, exit_signals, pairwise_distance
 
@@ -304,7 +304,7 @@ class DE3Bert(nn.Module):
             bcfg = AutoConfig.for_model(model_type, **raw)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild the {model_type!r} backbone config "
-                                  f"({_one_line(exc)}); re-save the checkpoint") from None
+                                  f"({one_line(exc)}); re-save the checkpoint") from None
         try:
             check_encoder_config(bcfg, str(folder))
         except DE3Error as exc:
@@ -312,7 +312,7 @@ class DE3Bert(nn.Module):
         try:
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({_one_line(exc)}); "
+            raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({one_line(exc)}); "
                                   "copy it again or re-train") from None
         if base_weights:  # a compact checkpoint: tensors equal to the pretrained backbone were left out
             base = _base_backbone_state(base_weights["backbone"], needed_by=folder)
@@ -325,7 +325,7 @@ class DE3Bert(nn.Module):
             backbone = AutoModel.from_config(bcfg)
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{folder / CONFIG_FILE}: cannot build the {model_type!r} backbone it describes "
-                                  f"({_one_line(exc)}); re-save the checkpoint") from None
+                                  f"({one_line(exc)}); re-save the checkpoint") from None
         model = cls(config, backbone)
         expected = model.state_dict()
         state = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
@@ -360,7 +360,7 @@ def read_checkpoint_config(folder: Path) -> dict:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({_one_line(exc)}); re-save the checkpoint") from None
+        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc)}); re-save the checkpoint") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("de3"), dict):
         raise CheckpointError(f"{path}: no 'de3' section; this is a plain Hugging Face model, not a DE3-BERT checkpoint "
                               "(train one from it with `python -m analysis train --backbone <this folder>`)")
@@ -411,8 +411,3 @@ def check_positions(model: "DE3Bert", num_tokens: int) -> None:
                        f"this model's max_length ({model.config.max_length}) is too large; re-train it with "
                        f"--max-length {limit} or less")
 
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message squeezed onto one line and cut to a readable length."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from analysis.errors import DE3Error
+from analysis.errors import DE3Error, shorten
 from analysis.io import atomic_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,12 +78,9 @@ def check_allowed(path: str | Path, typed: str, what: str) -> Path:
     roots = allowed_roots()
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved
-    raise DE3Error(f"{what} {_short(typed)} is outside the folders this app may read "
+    raise DE3Error(f"{what} {shorten(typed, 120)} is outside the folders this app may read "
                    f"({', '.join(_show_root(r) for r in roots)}); set {ROOTS_ENV} to allow it")
 
-
-def _short(text: str, limit: int = 120) -> str:
-    return repr(text) if len(text) <= limit else repr(text[:limit - 3] + "...")
 
 
 def _under_repo(typed: str) -> Path:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import streamlit as st
 
-from analysis.errors import DE3Error
+from analysis.errors import DE3Error, one_line
 from analysis.policies import POLICIES, POLICY_LABELS, ExitPolicy
 from app import cache, derive, sources
 
@@ -214,7 +214,7 @@ def load_context(where=None) -> Context:
     except DE3Error as exc:
         error = str(exc)
     except OSError as exc:  # an unreadable folder or file named in the URL: a user mistake, not a bug
-        error = f"{src.describe()}: {' '.join(str(exc).split())[:300]}"
+        error = f"{src.describe()}: {one_line(exc)}"
     num_layers = trace.num_layers if trace is not None else sources.checkpoint_layers(src.checkpoint)
     ctx = Context(src, ref, trace, error, current_policy(num_layers))
     st.session_state["_ctx"] = ctx

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from analysis.curves import evaluate_policy
-from analysis.errors import DE3Error
+from analysis.errors import DE3Error, one_line
 from analysis.policies import decide_exits
 from app import cache, charts, derive, sources, state, text
 
@@ -69,7 +69,7 @@ def source_picker(current: sources.TraceSource) -> None:
             st.error(str(exc))
             return
         except (OSError, ValueError) as exc:  # e.g. an unreadable folder, or no network for the hub
-            st.error(f"Could not trace {new.describe()}: {' '.join(str(exc).split())[:300]}")
+            st.error(f"Could not trace {new.describe()}: {one_line(exc)}")
             return
         state.set_source(new)
         for key in ("_ctx", "map_config", "map_selected"):  # per-trace settings start afresh
