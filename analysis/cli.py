@@ -181,14 +181,14 @@ def _resume_train(args) -> int:
     """Continue from <out>.resume/: its saved settings and data source, not this command line's."""
     from .config import ModelConfig, TrainConfig
     from .data import load_data
-    from .training import _read_state, resume_dir, train
+    from .training import read_resume_state, resume_dir, train
 
     data_flags = ("data", "data_dir", "text_columns", "label_column", "header", "max_train_samples", "config")
     given = [f"--{k.replace('_', '-')}" for k in (*MODEL_FLAGS, *TRAIN_FLAGS, *data_flags)
              if getattr(args, k, None) is not None and k != "save_every"]
     if given:
         raise DE3Error(f"--resume continues with the interrupted run's own settings; drop {', '.join(given)}")
-    saved = _read_state(resume_dir(args.out))
+    saved = read_resume_state(resume_dir(args.out))
     train_cfg = TrainConfig.from_dict(saved["train_config"], source=str(resume_dir(args.out)))
     if args.save_every is not None:
         train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "save_every": args.save_every})

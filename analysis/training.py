@@ -211,7 +211,7 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
     fingerprint = _data_fingerprint(data)
     pos = _Position()
     if resume:
-        saved = _read_state(state_dir)
+        saved = read_resume_state(state_dir)
         _check_same_run(saved, model_config, cfg, fingerprint, ctx)
     elif (state_dir / "state.json").is_file():
         raise DE3Error(f"{state_dir} holds an interrupted run of {out_dir}; continue it with --resume "
@@ -428,7 +428,8 @@ def _save_state(folder: Path, model: DE3Bert, optimizer, scheduler, scaler, pos:
     ctx.barrier()
 
 
-def _read_state(folder: Path) -> dict:
+def read_resume_state(folder: Path) -> dict:
+    """state.json of a resumable run in ``folder`` (``<out>.resume``), checked; one-line errors otherwise."""
     path = folder / "state.json"
     if not path.is_file():
         raise DE3Error(f"nothing to resume: {path} not found (the run finished, never saved a state, or --out differs)")
