@@ -8,6 +8,17 @@ Definitions (spec §6), used everywhere in this module:
     frontier        F(s) = the best metric among a policy's settings whose speed-up is ≥ s
     AUC             (1 / (s_max − 1)) ∫_1^s_max F(s) ds: the frontier's mean metric over speed-ups 1..s_max
                     (default s_max = 3); NaN when the policy cannot reach s_max
+    oracle          every sample at its first correct layer, a sample no layer gets right at layer 1 (spec §5)
+    oracle frontier keeping the k solvable samples with the smallest first-correct layers c_(1) ≤ … ≤ c_(k):
+                    accuracy k/N at mean exit layer (c_(1)+…+c_(k) + (N−k))/N, k = S..0 — the best accuracy any
+                    exit assignment can have at each speed-up (accuracy only; for F1/MCC just the oracle point)
+
+Matched comparisons carry their statistics (``matched_vs_baseline``): each policy against DeeBERT's entropy at
+the same target, with a paired-bootstrap interval of the difference and the gap in right answers.
+
+A trace without labels (``meta["labelled"]`` False: label −1, ``correct`` all False) still has speed-ups,
+saved fractions, mean exit layers and FLOPs; its metric is NaN, and whatever needs labels (the oracle, the
+oracle frontier, λ choice, ``compare``, the bootstrap) refuses it with a ``CurveError``.
 
 How the sweep is fast and still exact. For a threshold policy the test at layer m is ``signal_m < τ``
 (max-probability: ``−max_prob_m < −τ``; PCEE: the largest entropy of the last ``patience`` layers ``< τ``).
@@ -55,6 +66,16 @@ _TOL = 1e-9  # relative slack when asking whether a speed-up reaches a target (1
 
 class CurveError(DE3Error, ValueError):
     """Curves or a comparison were asked for something the data cannot give (unknown λ, bad speed-ups...)."""
+
+
+def _labelled(trace) -> bool:
+    """Whether the trace has labels (``Trace.labelled``; ``meta["labelled"]``, True when absent)."""
+    return bool(getattr(trace, "labelled", trace.meta.get("labelled", True)))
+
+
+def _require_labels(trace, what: str) -> None:
+    if not _labelled(trace):
+        raise CurveError(f"{_trace_name(trace)} has no labels: {what} needs labelled data; trace a labelled split")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,16 +146,18 @@ class _Context:
     cost: np.ndarray  # (N, L) FLOPs of sample n when it leaves at layer e
     full_flops: float  # the full model's FLOPs over all samples
     num_labels: int
+    labelled: bool  # False: labels are placeholders (0) and every metric is NaN
 
     @classmethod
     def of(cls, trace) -> _Context:
-        labels = np.asarray(trace.labels, dtype=np.int64)
+        labelled = _labelled(trace)
+        labels = np.asarray(trace.labels, dtype=np.int64) if labelled else np.zeros(trace.num_samples, dtype=np.int64)
         pred = np.asarray(trace.wide["pred"], dtype=np.int64)
         k, num_layers = trace.num_labels, trace.num_layers
         layers = np.arange(1, num_layers + 1)[:, None]  # (L, 1) broadcasts against (N,) token counts
         cost = trace.cost.early_exit(layers, trace.n_tokens).T  # (N, L)
         return cls(trace.metric, labels, pred, labels[:, None] * k + pred, np.ascontiguousarray(cost),
-                   float(trace.cost.full(trace.n_tokens).sum()), k)
+                   float(trace.cost.full(trace.n_tokens).sum()), k, labelled)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -202,7 +225,7 @@ def _summaries(ctx: _Context, totals: _Totals) -> dict[str, np.ndarray]:
     return {
         "speedup": num_layers / mean_exit,
         "saved_fraction": 1.0 - mean_exit / num_layers,
-        "metric": score(ctx.metric, totals.confusion),
+        "metric": score(ctx.metric, totals.confusion) if ctx.labelled else np.full(len(mean_exit), np.nan),
         "mean_exit_layer": mean_exit,
         "flops_ratio": totals.flops / ctx.full_flops,
     }
@@ -220,18 +243,23 @@ def evaluate_policy(trace, policy: ExitPolicy) -> dict:
     -------
     dict
         ``speedup`` (L / mean exit layer), ``saved_fraction`` (1 − mean exit layer / L), ``metric`` (the
-        trace's task metric of the exit answers), ``mean_exit_layer``, ``flops_ratio`` (early-exit over
-        full-model FLOPs) and ``exit_counts`` (list: samples leaving at layers 1..L).
+        trace's task metric of the exit answers; NaN for a trace without labels), ``mean_exit_layer``,
+        ``flops_ratio`` (early-exit over full-model FLOPs) and ``exit_counts`` (list: samples leaving at layers 1..L).
     """
+    if policy.name == "oracle":
+        _require_labels(trace, "the oracle")
     decision = decide_exits(trace.wide, policy)
     num_layers = trace.num_layers
     mean_exit = float(decision.exit_layer.mean())
-    confusion = confusion_counts(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
-                           trace.num_labels)
+    metric = math.nan
+    if _labelled(trace):
+        confusion = confusion_counts(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
+                                     trace.num_labels)
+        metric = score(trace.metric, confusion[0])
     return {
         "speedup": num_layers / mean_exit,
         "saved_fraction": 1.0 - mean_exit / num_layers,
-        "metric": score(trace.metric, confusion[0]),
+        "metric": metric,
         "mean_exit_layer": mean_exit,
         "flops_ratio": trace.cost.ratio(decision.exit_layer, trace.n_tokens),
         "exit_counts": np.bincount(decision.exit_layer - 1, minlength=num_layers).tolist(),
@@ -239,11 +267,13 @@ def evaluate_policy(trace, policy: ExitPolicy) -> dict:
 
 
 def per_layer_metric(trace) -> pd.DataFrame:
-    """Each exit's metric if every sample answered there: columns ``layer``, ``speedup`` (L / layer), ``metric``."""
+    """Each exit's metric if every sample answered there: columns ``layer``, ``speedup`` (L / layer), ``metric``
+    (NaN for a trace without labels)."""
     ctx = _Context.of(trace)
     num_layers = ctx.shape[1]
     layers = np.arange(1, num_layers + 1)
-    metric = score(ctx.metric, confusion_counts(ctx.labels, ctx.pred, ctx.num_labels))
+    metric = (score(ctx.metric, confusion_counts(ctx.labels, ctx.pred, ctx.num_labels)) if ctx.labelled
+              else np.full(num_layers, np.nan))
     return pd.DataFrame({"layer": layers, "speedup": num_layers / layers, "metric": metric})
 
 
@@ -317,7 +347,7 @@ def default_grid(trace, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS, n_quantil
     -------
     list of ExitPolicy
         de3 (per λ), dr, entropy, maxprob: thresholds; pabee: patience 1..L-1; pcee: patience × thresholds;
-        static: layers 1..L; oracle once.
+        static: layers 1..L; oracle once (not for a trace without labels: it needs them).
     """
     num_layers = trace.num_layers
     grid: list[ExitPolicy] = []
@@ -329,7 +359,8 @@ def default_grid(trace, *, lambdas: Sequence[float] = DEFAULT_LAMBDAS, n_quantil
     for t in pcee_patiences:
         grid += _threshold_grid(trace, "pcee", patience=int(t), n_quantiles=n_quantiles)
     grid += [ExitPolicy("static", layer=k) for k in range(1, num_layers + 1)]
-    grid.append(ExitPolicy("oracle"))
+    if _labelled(trace):
+        grid.append(ExitPolicy("oracle"))
     return grid
 
 
@@ -353,9 +384,11 @@ def sweep(trace, policies: Sequence[ExitPolicy] | None = None) -> pd.DataFrame:
         One row per setting, in the given order, with ``CURVE_COLUMNS``: ``policy``, ``label``, the
         parameters ``tau``, ``lambda_``, ``patience``, ``layer`` (NaN where the policy does not use one), and
         ``speedup``, ``saved_fraction``, ``metric``, ``mean_exit_layer``, ``flops_ratio`` as in
-        ``evaluate_policy``.
+        ``evaluate_policy`` (``metric`` NaN for a trace without labels).
     """
     policies = default_grid(trace) if policies is None else list(policies)
+    if any(p.name == "oracle" for p in policies):
+        _require_labels(trace, "the oracle")
     ctx = _Context.of(trace)
     stats = {c: np.full(len(policies), np.nan) for c in CURVE_COLUMNS[6:]}
 
@@ -421,10 +454,54 @@ def frontier(curve_df: pd.DataFrame, policy: str, lambda_: float | None = None) 
     if rows.empty:
         what = f"{policy} with λ={lambda_:g}" if policy == "de3" and lambda_ is not None else policy
         raise CurveError(f"the curves have no rows for {what}; sweep it first")
-    best = rows.groupby("speedup")["metric"].max().sort_index()  # one point per speed-up
+    return upper_envelope(rows)
+
+
+def upper_envelope(points: pd.DataFrame) -> pd.DataFrame:
+    """F(s) = the best ``metric`` among ``points`` whose ``speedup`` is ≥ s, as ``frontier`` returns it:
+    ``speedup`` ascending and unique, ``metric`` non-increasing (e.g. of an ``oracle_frontier``)."""
+    best = points.groupby("speedup")["metric"].max().sort_index()  # one point per speed-up
     envelope = best[::-1].cummax()[::-1]  # best over every point at this speed-up or beyond
     return pd.DataFrame({"speedup": envelope.index.to_numpy(dtype=np.float64),
                          "metric": envelope.to_numpy(dtype=np.float64)})
+
+
+def oracle_frontier(trace) -> pd.DataFrame:
+    """The oracle frontier (spec §5): the best accuracy any exit assignment can have at each speed-up.
+
+    The oracle point (every sample at its first correct layer c_i, the S solvable samples right, the others
+    at layer 1) is the best accuracy at the fewest layers. Beyond it, the best is to give up solvable samples,
+    latest first-correct layer first (each is worth one): keeping the k with the smallest c_(1) ≤ … ≤ c_(k)
+    gives accuracy k/N at mean exit layer (c_(1)+…+c_(k) + (N−k))/N. No exit policy's point lies above it.
+
+    Parameters
+    ----------
+    trace : Trace with labels.
+
+    Returns
+    -------
+    DataFrame
+        ``speedup`` (L / mean exit layer, ascending), ``metric``, ``mean_exit_layer``, ``k`` (solvable samples
+        kept), one row per k = S..0. For the metric ``accuracy`` it is an upper bound (``attrs["bound"]``
+        True). For F1 or MCC it is not a bound in this form: then only the oracle point (k = S, its own
+        metric), ``attrs["bound"]`` False — show it as a reference point.
+    """
+    _require_labels(trace, "the oracle frontier")
+    correct = np.asarray(trace.wide["correct"], dtype=bool)  # (N, L)
+    n, num_layers = correct.shape
+    solvable = correct.any(axis=1)
+    first = np.sort(correct.argmax(axis=1)[solvable] + 1).astype(np.int64)  # c_(1) <= ... <= c_(S)
+    k = np.arange(len(first), -1, -1)  # S..0
+    layers_used = np.concatenate([[0], np.cumsum(first)])[k] + (n - k)  # integer sum of exit layers
+    bound = trace.metric == "accuracy"
+    if not bound:  # the oracle point only, with the trace's own metric
+        k, layers_used = k[:1], layers_used[:1]
+    mean_exit = layers_used / n
+    metric = k / n if bound else np.array([evaluate_policy(trace, ExitPolicy("oracle"))["metric"]])
+    out = pd.DataFrame({"speedup": num_layers / mean_exit, "metric": metric.astype(np.float64),
+                        "mean_exit_layer": mean_exit, "k": k})
+    out.attrs.update(bound=bound, metric=trace.metric)
+    return out
 
 
 def best_metric_at(front: pd.DataFrame, speedup: float) -> float:
@@ -485,7 +562,7 @@ def _check_speedups(speedups: Sequence[float], max_speedup: float) -> tuple[floa
 
 
 def matched_table(curves: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *, lambda_: float = 1.0,
-                  max_speedup: float = DEFAULT_MAX_SPEEDUP) -> pd.DataFrame:
+                  max_speedup: float = DEFAULT_MAX_SPEEDUP, oracle_front: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every policy's best metric at matched speed-ups, and its AUC.
 
     Parameters
@@ -494,6 +571,9 @@ def matched_table(curves: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEE
     speedups : targets; a policy's value at s is its best metric at a speed-up ≥ s (``best_metric_at``).
     lambda_ : the λ of the DE3-BERT row (choose it on validation data: ``choose_lambda``).
     max_speedup : upper end of the AUC range 1..max_speedup (``frontier_auc``).
+    oracle_front : the trace's ``oracle_frontier``; when given, the oracle row is read off it (value at s = the
+        best frontier accuracy at a speed-up ≥ s) and its note says whether it is an upper bound or, for F1/MCC,
+        a reference point. Without it the oracle row is the oracle's one point in ``curves``.
 
     Returns
     -------
@@ -505,11 +585,18 @@ def matched_table(curves: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEE
     speedups = _check_speedups(speedups, max_speedup)
     present = set(curves["policy"])
     rows = []
-    for name in (p for p in POLICIES if p in present):
-        front = frontier(curves, name, lambda_ if name == "de3" else None)
+    names = [p for p in POLICIES if p in present or (p == "oracle" and oracle_front is not None)]
+    for name in names:
+        if name == "oracle" and oracle_front is not None:
+            front = upper_envelope(oracle_front)
+        else:
+            front = frontier(curves, name, lambda_ if name == "de3" else None)
         top = float(front["speedup"].max())
         needed = max(max(speedups), max_speedup)
         note = "" if top >= needed * (1 - _TOL) else f"reaches {top:.2f}x at most"
+        if name == "oracle" and oracle_front is not None:
+            kind = "frontier: upper bound" if oracle_front.attrs.get("bound") else "reference point, not a bound"
+            note = "; ".join(v for v in (f"{kind} (uses labels)", note) if v)
         rows.append({"policy": name, "label": POLICY_LABELS[name],
                      "lambda_": float(lambda_) if name == "de3" else math.nan,
                      **{_speedup_column(s): best_metric_at(front, s) for s in speedups},
@@ -541,6 +628,7 @@ def choose_lambda(val_trace, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
     -------
     float
     """
+    _require_labels(val_trace, "choosing λ")
     if val_trace.meta.get("split") == "test":
         raise CurveError(f"{_trace_name(val_trace)} is a trace of the test split; choose λ on a validation trace")
     if not lambdas:
@@ -555,9 +643,10 @@ def choose_lambda(val_trace, lambdas: Sequence[float] = DEFAULT_LAMBDAS, *,
 
 @dataclass(frozen=True)
 class Comparison:
-    """Every policy at matched speed-ups on a test trace, with per-layer metrics and the oracle."""
+    """Every policy at matched speed-ups on a test trace, with per-layer metrics, the oracle and its frontier,
+    and each policy against the baseline (paired bootstrap)."""
 
-    table: pd.DataFrame  # matched_table
+    table: pd.DataFrame  # matched_table (its oracle row read off the oracle frontier)
     per_layer: pd.DataFrame  # per_layer_metric
     oracle: dict  # evaluate_policy of the oracle
     lambda_: float
@@ -569,18 +658,23 @@ class Comparison:
     num_samples: int
     num_layers: int
     curves: pd.DataFrame = field(repr=False, default=None)
+    oracle_front: pd.DataFrame = field(repr=False, default=None)  # oracle_frontier
+    vs_baseline: pd.DataFrame = field(repr=False, default=None)  # matched_vs_baseline
+    baseline: str = "entropy"
+    n_boot: int = 1000
 
     def format(self) -> str:
-        """The paper-style plain-text report: table, AUC definition, per-layer metric, oracle."""
+        """The paper-style plain-text report: table, AUC definition, each policy against the baseline with its
+        bootstrap interval, per-layer metric, oracle."""
         m = self.metric
         head = ["policy", *(_speedup_column(s) for s in self.speedups), f"AUC 1-{self.max_speedup:g}x", "note"]
         rows = []
         for r in self.table.to_dict("records"):
-            name = r["label"] + (f", λ={r['lambda_']:g}" if r["policy"] == "de3" else "")
-            rows.append([name, *(_pct(r[_speedup_column(s)]) for s in self.speedups), _pct(r["auc"]), r["note"]])
+            rows.append([_row_name(r), *(_pct(r[_speedup_column(s)]) for s in self.speedups), _pct(r["auc"]), r["note"]])
         layers = [[str(r["layer"]), f"{r['speedup']:.2f}x", _pct(r["metric"])] for r in self.per_layer.to_dict("records")]
         o = self.oracle
-        return "\n".join([
+        bound = self.oracle_front is not None and bool(self.oracle_front.attrs.get("bound"))
+        lines = [
             f"{m} (x100) at matched speed-up: {self.source}, {self.num_samples} samples, {self.num_layers} layers",
             self.lambda_note,
             "",
@@ -588,13 +682,25 @@ class Comparison:
             "",
             f"value at s = best {m} among a policy's settings with speed-up >= s; speed-up = L / mean exit layer;",
             f"AUC = mean {m} of that frontier over speed-ups 1-{self.max_speedup:g}x ('-' = unreachable).",
+        ]
+        if self.vs_baseline is not None and len(self.vs_baseline):
+            lines += ["", *format_vs_baseline(self.vs_baseline, self.speedups, metric=m, lambda_=self.lambda_)]
+        lines += [
             "",
             f"per-layer {m} (x100), every sample answered by that exit:",
             _text_table(["layer", "speed-up", m], layers, left=()),
             "",
-            (f"oracle (first correct layer; an upper bound): {m} {_pct(o['metric'])} at {o['speedup']:.2f}x "
-             f"(mean exit layer {o['mean_exit_layer']:.2f})"),
-        ])
+            "oracle (uses labels; each sample at its first correct layer, one that no layer gets right at layer 1):",
+            f"{m} {_pct(o['metric'])} at {o['speedup']:.2f}x (mean exit layer {o['mean_exit_layer']:.2f}).",
+            (f"The table's oracle row is its frontier: the best {m} any exit assignment can have at a speed-up >= s\n"
+             "(giving up the samples that are right latest first), an upper bound no policy can cross." if bound
+             else f"For {m} it is a reference point, not a bound: the table's oracle row is that one point."),
+        ]
+        return "\n".join(lines)
+
+
+def _row_name(record: dict) -> str:
+    return record["label"] + (f", λ={record['lambda_']:g}" if record["policy"] == "de3" else "")
 
 
 def _pct(value: float) -> str:
@@ -613,24 +719,28 @@ def _text_table(head: list[str], rows: list[list[str]], *, left: Sequence[int] =
 
 
 def compare(test_trace, val_trace=None, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *,
-            max_speedup: float = DEFAULT_MAX_SPEEDUP, lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> Comparison:
+            max_speedup: float = DEFAULT_MAX_SPEEDUP, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+            baseline: str = "entropy", n_boot: int = 1000, seed: int = 0) -> Comparison:
     """Compare every policy on ``test_trace`` at matched speed-ups (spec §7).
 
     Parameters
     ----------
-    test_trace : Trace the numbers are reported on.
+    test_trace : Trace the numbers are reported on (with labels).
     val_trace : Trace of the validation split of the same model, to choose λ (``choose_lambda``). Without it
         λ = 1.0, and the report says so.
     speedups : targets of the matched table.
     max_speedup : AUC range 1..max_speedup.
     lambdas : λ candidates for ``choose_lambda``.
+    baseline, n_boot, seed : of ``matched_vs_baseline`` (every policy against DeeBERT's entropy by default).
 
     Returns
     -------
     Comparison
-        ``table`` (``matched_table``), ``per_layer`` (``per_layer_metric``), ``oracle`` (``evaluate_policy``),
-        the λ used and where it came from; ``.format()`` renders the report.
+        ``table`` (``matched_table``, its oracle row from ``oracle_frontier``), ``per_layer``
+        (``per_layer_metric``), ``oracle`` (``evaluate_policy``), ``oracle_front``, ``vs_baseline``
+        (``matched_vs_baseline``), the λ used and where it came from; ``.format()`` renders the report.
     """
+    _require_labels(test_trace, "a comparison")
     speedups = _check_speedups(speedups, max_speedup)
     if val_trace is None:
         lam, note = 1.0, "λ = 1 (default): no validation trace given; pass one to choose λ without the test split"
@@ -643,47 +753,31 @@ def compare(test_trace, val_trace=None, speedups: Sequence[float] = DEFAULT_SPEE
         lam = choose_lambda(val_trace, lambdas, max_speedup=max_speedup)
         note = f"λ = {lam:g}, chosen by AUC on the validation trace {_trace_name(val_trace)}"
     curves = sweep(test_trace, default_grid(test_trace, lambdas=(lam,)))
+    front = oracle_frontier(test_trace)
     return Comparison(
-        table=matched_table(curves, speedups, lambda_=lam, max_speedup=max_speedup),
+        table=matched_table(curves, speedups, lambda_=lam, max_speedup=max_speedup, oracle_front=front),
         per_layer=per_layer_metric(test_trace),
         oracle=evaluate_policy(test_trace, ExitPolicy("oracle")),
         lambda_=lam, lambda_note=note, metric=test_trace.metric, speedups=speedups, max_speedup=float(max_speedup),
         source=_trace_name(test_trace), num_samples=test_trace.num_samples, num_layers=test_trace.num_layers,
-        curves=curves,
+        curves=curves, oracle_front=front,
+        vs_baseline=matched_vs_baseline(test_trace, curves, speedups, lambda_=lam, baseline=baseline, n_boot=n_boot,
+                                        seed=seed),
+        baseline=baseline, n_boot=int(n_boot),
     )
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Paired bootstrap
+# Paired bootstrap, and every policy against a baseline at matched speed-ups
 # ---------------------------------------------------------------------------------------------------------
 
 
-def paired_bootstrap(trace, policy_a: ExitPolicy, policy_b: ExitPolicy, n_boot: int = 1000, seed: int = 0,
-                     *, level: float = 0.95) -> dict:
-    """Metric difference (a − b) on the same samples, with a percentile bootstrap confidence interval.
-
-    Each replicate resamples the samples with replacement and scores both policies' answers on the *same*
-    indices (paired), so the interval reflects the difference, not each policy's own spread.
-
-    Parameters
-    ----------
-    trace : Trace
-    policy_a, policy_b : ExitPolicy
-    n_boot : replicates.
-    seed : seed of ``numpy.random.default_rng``; the result is deterministic given it.
-    level : coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
-
-    Returns
-    -------
-    dict
-        ``diff`` (metric(a) − metric(b) on all samples), ``low``, ``high``, ``metric_a``, ``metric_b``,
-        ``metric`` (its name), ``n_boot``.
-    """
+def _bootstrap(labels: np.ndarray, answers: np.ndarray, metric: str, num_labels: int, n_boot: int, seed: int,
+               level: float) -> dict:
+    """Paired percentile bootstrap of metric(answers[:, 0]) − metric(answers[:, 1]): (N,), (N, 2) int64."""
     if n_boot < 1 or not 0 < level < 1:
         raise CurveError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
-    labels = np.asarray(trace.labels, dtype=np.int64)
-    k, metric, n = trace.num_labels, trace.metric, trace.num_samples
-    answers = np.stack([decide_exits(trace.wide, p).pred for p in (policy_a, policy_b)], axis=1).astype(np.int64)  # (N, 2)
+    k, n = num_labels, len(labels)
     metric_a, metric_b = score(metric, confusion_counts(labels, answers, k))
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
@@ -698,8 +792,143 @@ def paired_bootstrap(trace, policy_a: ExitPolicy, policy_b: ExitPolicy, n_boot: 
         diffs[start:start + size] = score(metric, conf[0]) - score(metric, conf[1])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(diffs, [tail, 100 - tail])
+    right = (answers == labels[:, None]).sum(0)  # (2,) right answers of each
     return {"diff": float(metric_a - metric_b), "low": float(low), "high": float(high),
-            "metric_a": float(metric_a), "metric_b": float(metric_b), "metric": metric, "n_boot": int(n_boot)}
+            "metric_a": float(metric_a), "metric_b": float(metric_b), "metric": metric, "n_boot": int(n_boot),
+            "diff_samples": int(right[0] - right[1]), "n": int(n)}
+
+
+def paired_bootstrap(trace, policy_a: ExitPolicy, policy_b: ExitPolicy, n_boot: int = 1000, seed: int = 0,
+                     *, level: float = 0.95) -> dict:
+    """Metric difference (a − b) on the same samples, with a percentile bootstrap confidence interval.
+
+    Each replicate resamples the samples with replacement and scores both policies' answers on the *same*
+    indices (paired), so the interval reflects the difference, not each policy's own spread.
+
+    Parameters
+    ----------
+    trace : Trace with labels.
+    policy_a, policy_b : ExitPolicy
+    n_boot : replicates.
+    seed : seed of ``numpy.random.default_rng``; the result is deterministic given it.
+    level : coverage of the interval (0.95: the 2.5 and 97.5 percentiles).
+
+    Returns
+    -------
+    dict
+        ``diff`` (metric(a) − metric(b) on all samples), ``low``, ``high``, ``metric_a``, ``metric_b``,
+        ``metric`` (its name), ``n_boot``, ``diff_samples`` (a's right answers − b's), ``n`` (samples).
+    """
+    _require_labels(trace, "a paired bootstrap")
+    labels = np.asarray(trace.labels, dtype=np.int64)
+    answers = np.stack([decide_exits(trace.wide, p).pred for p in (policy_a, policy_b)], axis=1).astype(np.int64)  # (N, 2)
+    return _bootstrap(labels, answers, trace.metric, trace.num_labels, n_boot, seed, level)
+
+
+VS_BASELINE_COLUMNS = ("policy", "label", "speedup", "baseline", "setting", "baseline_setting", "metric",
+                       "baseline_metric", "diff", "low", "high", "diff_samples", "verdict", "n", "n_boot", "level")
+
+
+def matched_vs_baseline(trace, curve_df: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *,
+                        lambda_: float = 1.0, baseline: str = "entropy", policies: Sequence[str] | None = None,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Every policy against a baseline at matched speed-ups: the metric difference on the same samples, its
+    paired-bootstrap interval (``paired_bootstrap``) and the gap in right answers.
+
+    At each target s, the policy and the baseline are each taken at their best setting with speed-up ≥ s
+    (``best_setting_at``, the settings behind ``matched_table``'s values).
+
+    Parameters
+    ----------
+    trace : Trace with labels, the one ``curve_df`` was swept on.
+    curve_df : its ``sweep``.
+    speedups : targets.
+    lambda_ : the λ of DE3-BERT (as in ``matched_table``).
+    baseline : the policy compared against (default DeeBERT's entropy).
+    policies : names to compare; default every policy in ``curve_df`` but the baseline and the oracle (which
+        reads the labels: it is a bound, not a contender).
+    n_boot, seed, level : of the bootstrap; every cell uses the same seed, so the same resamples.
+
+    Returns
+    -------
+    DataFrame
+        One row per policy (``POLICIES`` order) and target, ``VS_BASELINE_COLUMNS``: ``policy``, ``label``,
+        ``speedup`` (the target), ``baseline`` (its name), ``setting`` and ``baseline_setting``
+        (``ExitPolicy.describe``), ``metric`` and
+        ``baseline_metric``, ``diff`` (metric − baseline's), ``low``, ``high`` (its interval), ``diff_samples``
+        (right answers − the baseline's), ``verdict`` ("ahead" / "behind" when the interval excludes 0, else
+        "no significant difference"; "unreachable" when either never reaches s, the numbers then NaN),
+        ``n`` (samples), ``n_boot``, ``level``.
+    """
+    _require_labels(trace, "a paired bootstrap against the baseline")
+    speedups = _check_speedups(speedups, DEFAULT_MAX_SPEEDUP)
+    if n_boot < 1 or not 0 < level < 1:
+        raise CurveError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    present = set(curve_df["policy"])
+    if baseline not in present or baseline == "oracle":
+        raise CurveError(f"baseline {baseline!r} is not a policy in the curves; choose one of "
+                         f"{', '.join(p for p in POLICIES if p in present and p != 'oracle')}")
+    names = [p for p in POLICIES if p in present and p not in (baseline, "oracle")] if policies is None else list(policies)
+    unknown = [p for p in names if p not in present]
+    if unknown:
+        raise CurveError(f"the curves have no rows for {', '.join(unknown)}; sweep it first")
+    if "de3" in names or baseline == "de3":
+        frontier(curve_df, "de3", lambda_)  # refuses a λ the curves do not hold
+    labels = np.asarray(trace.labels, dtype=np.int64)
+    answers: dict[ExitPolicy, np.ndarray] = {}
+
+    def answer(policy: ExitPolicy) -> np.ndarray:
+        if policy not in answers:
+            answers[policy] = decide_exits(trace.wide, policy).pred.astype(np.int64)
+        return answers[policy]
+
+    def setting(name: str, s: float) -> ExitPolicy | None:
+        return best_setting_at(curve_df, name, s, lambda_=lambda_ if name == "de3" else None)
+
+    rows = []
+    for name in names:
+        for s in speedups:
+            mine, theirs = setting(name, s), setting(baseline, s)
+            row = {"policy": name, "label": POLICY_LABELS[name], "speedup": s, "baseline": baseline,
+                   "setting": mine.describe() if mine else "", "baseline_setting": theirs.describe() if theirs else "",
+                   "n": int(trace.num_samples), "n_boot": int(n_boot), "level": float(level)}
+            if mine is None or theirs is None:
+                row.update(metric=math.nan, baseline_metric=math.nan, diff=math.nan, low=math.nan, high=math.nan,
+                           diff_samples=math.nan, verdict="unreachable")
+            else:
+                b = _bootstrap(labels, np.stack([answer(mine), answer(theirs)], axis=1), trace.metric,
+                               trace.num_labels, n_boot, seed, level)
+                row.update(metric=b["metric_a"], baseline_metric=b["metric_b"], diff=b["diff"], low=b["low"],
+                           high=b["high"], diff_samples=b["diff_samples"],
+                           verdict="ahead" if b["low"] > 0 else "behind" if b["high"] < 0 else "no significant difference")
+            rows.append(row)
+    return pd.DataFrame(rows, columns=list(VS_BASELINE_COLUMNS))
+
+
+def format_vs_baseline_cell(row) -> str:
+    """One cell of a ``matched_vs_baseline`` table: "+0.23 [-0.46, +0.92] (+2)" — the difference ×100, its
+    interval, and the gap in right answers; "-" when unreachable."""
+    if row["verdict"] == "unreachable":
+        return "-"
+    return (f"{100 * row['diff']:+.2f} [{100 * row['low']:+.2f}, {100 * row['high']:+.2f}] "
+            f"({int(row['diff_samples']):+d})")
+
+
+def format_vs_baseline(vs: pd.DataFrame, speedups: Sequence[float], *, metric: str, lambda_: float) -> list[str]:
+    """The plain-text lines of a ``matched_vs_baseline`` table: a title stating n, a policy x target table."""
+    first = vs.iloc[0]
+    baseline = POLICY_LABELS[first["baseline"]]
+    lines = [f"vs {baseline} at the same speed-up, paired bootstrap {100 * first['level']:g} % CI, n = {int(first['n'])} "
+             f"({int(first['n_boot'])} resamples):",
+             f"{metric} difference x100 [interval] (difference in right answers); each at its best setting with "
+             "speed-up >= s"]
+    head = ["policy", *(_speedup_column(s) for s in speedups)]
+    rows = []
+    for name, group in vs.groupby("policy", sort=False):
+        cells = {float(r["speedup"]): format_vs_baseline_cell(r) for r in group.to_dict("records")}
+        record = {"policy": name, "label": group["label"].iloc[0], "lambda_": lambda_}
+        rows.append([_row_name(record), *(cells.get(float(s), "-") for s in speedups)])
+    return [*lines, _text_table(head, rows)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -732,14 +961,18 @@ def add_cli(subparsers) -> None:
     c.set_defaults(handler=cmd_curves)
 
     p = subparsers.add_parser(
-        "compare", help="every exit policy at matched speed-ups, with AUC (paper-style table)", formatter_class=fmt,
+        "compare", help="every exit policy at matched speed-ups, with AUC and bootstrap intervals (paper-style table)",
+        formatter_class=fmt,
         description="Best metric of every policy at a speed-up >= each target, and the area under its "
-                    "metric-vs-speed-up frontier (mean metric over speed-ups 1..max). DE3-BERT's λ is chosen on "
-                    "--val-trace; without it λ = 1.")
+                    "metric-vs-speed-up frontier (mean metric over speed-ups 1..max); the oracle row is the oracle "
+                    "frontier (an upper bound for accuracy). Under it, every policy against DeeBERT (entropy) at "
+                    "the same target: the difference with a paired-bootstrap 95 %% interval over the n samples, and "
+                    "the gap in right answers. DE3-BERT's λ is chosen on --val-trace; without it λ = 1.")
     p.add_argument("--trace", required=True, help="trace folder of the split to report (e.g. the test split)")
     p.add_argument("--val-trace", help="trace folder of the validation split, used only to choose λ")
     p.add_argument("--speedups", type=_float_list, default="1.5,2,3", help="comma-separated target speed-ups")
     p.add_argument("--max-speedup", type=float, default=DEFAULT_MAX_SPEEDUP, help="upper end of the AUC range")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the comparison with the baseline")
     p.set_defaults(handler=cmd_compare)
 
 
@@ -768,5 +1001,5 @@ def cmd_compare(args) -> int:
 
     test = load_trace(args.trace)
     val = load_trace(args.val_trace) if args.val_trace else None
-    print(compare(test, val, args.speedups, max_speedup=args.max_speedup).format())
+    print(compare(test, val, args.speedups, max_speedup=args.max_speedup, n_boot=args.n_boot).format())
     return 0

@@ -6,7 +6,9 @@ The trace simulation applies it to all L layers at once; the real early-exit eng
 computed so far. One rule, so the two agree sample for sample.
 
 A sample leaves at the first layer m < L whose test passes and answers with that layer's prediction; if none
-passes, the last layer answers. ``oracle`` needs the labels and exists only in simulation.
+passes, the last layer answers. ``oracle`` needs the labels and exists only in simulation: each sample leaves at
+its first correct layer, and a sample that no layer gets right leaves at layer 1 (it is wrong anyway, so the bound
+spends nothing on it) — the highest accuracy any exit assignment can have, at the fewest layers (spec §5).
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ def exit_mask(policy: ExitPolicy, signals: Mapping[str, np.ndarray]) -> np.ndarr
     """Whether each layer's exit test passes: (N, M) bool from (N, M) signal arrays (layers 1..M).
 
     Causal: column m depends only on columns <= m, so the engine can call it on the layers computed so far.
+    The one exception is ``oracle`` (simulation only: it reads the labels): layer 1 passes for a sample that
+    no layer gets right, which needs every layer.
     """
     p = policy
     arrays = {k: np.asarray(signals[k]) for k in POLICY_INPUTS[p.name]}
@@ -119,8 +123,11 @@ def exit_mask(policy: ExitPolicy, signals: Mapping[str, np.ndarray]) -> np.ndarr
         unchanged = np.zeros(pred.shape, dtype=bool)
         unchanged[:, 1:] = pred[:, 1:] == pred[:, :-1]
         return run_lengths(unchanged) >= p.patience  # PABEE: `patience` consecutive unchanged predictions
-    if p.name == "oracle":
-        return arrays["correct"].astype(bool)
+    if p.name == "oracle":  # first correct layer; never right at any layer -> layer 1 (wrong anyway, costs least)
+        correct = arrays["correct"].astype(bool)
+        mask = correct.copy()
+        mask[:, 0] |= ~correct.any(axis=1)
+        return mask
     # static: compare the 1-based layer index of each column with the chosen layer
     n, m = _shape(signals)
     return np.broadcast_to(np.arange(1, m + 1) >= p.layer, (n, m))

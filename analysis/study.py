@@ -5,8 +5,8 @@
 For each variant (DE3-BERT with the default DAR, w/o DAR (alpha = 0), and the other DAR forms) it trains a
 checkpoint (skipped when the work folder already holds one trained with the same settings), traces the
 validation split (to choose lambda) and the GLUE dev set (the reported test split), and writes a Markdown
-report: matched speed-up table of every policy, per-layer accuracy, the oracle, a metric-speed-up plot, paired
-bootstrap confidence intervals for DE3 against each baseline, the ablations, and diagnostics on how much the
+report: matched speed-up table of every policy, per-layer accuracy, the oracle and its frontier, a metric-speed-up
+plot, paired bootstrap confidence intervals for DE3 against each baseline (``curves.matched_vs_baseline``), the ablations, and diagnostics on how much the
 distance signal adds to the entropy.
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import curves
@@ -168,20 +169,32 @@ def _md_table(frame: pd.DataFrame) -> str:
     return "\n".join([head, sep, *body])
 
 
-def _plot(curve_df: pd.DataFrame, lam: float, per_layer: pd.DataFrame, oracle: dict, path: Path, title: str) -> None:
+def _plot(curve_df: pd.DataFrame, lam: float, per_layer: pd.DataFrame, oracle: dict, path: Path, title: str,
+          oracle_front: pd.DataFrame | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    x_max = 4.0
+    lows = [100 * per_layer["metric"].min(), 100 * oracle["metric"]]  # the y axis spans what is drawn up to x_max
     for name in ("de3", "dr", "entropy", "maxprob", "pcee", "pabee"):
         front = curves.frontier(curve_df, name, lambda_=lam if name == "de3" else None)
         label = POLICY_LABELS[name] + (f" (λ={lam:g})" if name == "de3" else "")
         ax.step(front["speedup"], 100 * front["metric"], where="pre", label=label, lw=2.2 if name == "de3" else 1.3)
+        lows.append(100 * front.loc[front["speedup"].shift(1, fill_value=1.0) < x_max, "metric"].min())  # steps in view
     ax.plot(per_layer["speedup"], 100 * per_layer["metric"], "k:", marker="s", ms=4, label="static exit at layer m")
-    ax.plot([oracle["speedup"]], [100 * oracle["metric"]], "r*", ms=12, label="oracle")
-    ax.set_xlim(1, 4)
+    bound = oracle_front is not None and bool(oracle_front.attrs.get("bound")) and len(oracle_front) > 1
+    if bound:  # F(s) = best accuracy of any exit assignment at a speed-up >= s, from 1x on
+        env = curves.upper_envelope(oracle_front)
+        xs = [1.0, *env["speedup"]] if env["speedup"].iloc[0] > 1 else list(env["speedup"])
+        ys = [env["metric"].iloc[0], *env["metric"]] if env["speedup"].iloc[0] > 1 else list(env["metric"])
+        ax.step(xs, 100 * pd.Series(ys), where="pre", color="r", lw=1.0, ls="--", label="oracle frontier (upper bound)")
+    ax.plot([oracle["speedup"]], [100 * oracle["metric"]], "r*", ms=12,
+            label="oracle" if bound or oracle_front is None else "oracle (reference point)")
+    ax.set_xlim(1, x_max)
+    ax.set_ylim(bottom=max(0.0, float(np.nanmin(lows)) - 2))  # the oracle frontier's tail towards 0 stays off-plot
     ax.set_xlabel("speed-up (L / mean exit layer)")
     ax.set_ylabel("accuracy on GLUE SST-2 dev (%)")
     ax.set_title(title)
@@ -190,10 +203,6 @@ def _plot(curve_df: pd.DataFrame, lam: float, per_layer: pd.DataFrame, oracle: d
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _policy_at(curve_df, name, s, lam):
-    return curves.best_setting_at(curve_df, name, s, lambda_=lam if name == "de3" else None)
 
 
 def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: dict, out: Path, log=print) -> str:
@@ -251,37 +260,42 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     matched = pd.DataFrame(rows, columns=["policy", *(f"{s:g}×" for s in SPEEDUPS), "AUC 1–3×", "note"])
     lines += [f"## Matched speed-up ({VARIANTS[main][0]})", "",
               "Value at s = the best dev accuracy among a policy's settings whose speed-up (L / mean exit layer) is ≥ s. "
-              "AUC = the mean accuracy of that frontier over speed-ups 1–3×. The oracle exits at the first correct layer: "
-              "an upper bound no real policy can reach.", "", _md_table(matched), "",
+              "AUC = the mean accuracy of that frontier over speed-ups 1–3×. The oracle sends each sentence to its first "
+              "correct layer and one that no layer gets right to layer 1; its row is the oracle frontier (beyond the "
+              "oracle's speed-up, the best accuracy any exit assignment can have, giving up the sentences that are right "
+              "latest first): an upper bound no real policy can cross.", "", _md_table(matched), "",
               f"Oracle: {_fmt(comp.oracle['metric'])} % at {comp.oracle['speedup']:.2f}× (mean exit layer "
               f"{comp.oracle['mean_exit_layer']:.2f}). Last layer alone: {_fmt(comp.per_layer['metric'].iloc[-1])} %.", ""]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = out.with_suffix(".png")
-    _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path, f"SST-2 dev, {VARIANTS[main][0]}")
+    _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path, f"SST-2 dev, {VARIANTS[main][0]}",
+          oracle_front=comp.oracle_front)
     lines += [f"![accuracy vs speed-up]({plot_path.name})", ""]
     if t.num_labels == 2:
         lines += ["With two classes the entropy and the max-probability are monotone in each other, so they rank "
                   "samples identically and their curves coincide (the entropy's line lies under the other).", ""]
 
-    # paired bootstrap: DE3 against each baseline at each matched speed-up
+    # paired bootstrap: DE3 against each baseline at each matched speed-up (one function: curves.matched_vs_baseline)
+    vs = {name: curves.matched_vs_baseline(t, comp.curves, SPEEDUPS, lambda_=lam, baseline=name, policies=("de3",),
+                                           n_boot=settings.n_boot, seed=settings.seed).set_index("speedup")
+          for name in BASELINES}
     boot_rows = []
     for s in SPEEDUPS:
-        de3 = _policy_at(comp.curves, "de3", s, lam)
         for name in BASELINES:
-            other = _policy_at(comp.curves, name, s, lam)
-            if de3 is None or other is None:
-                boot_rows.append([f"{s:g}×", POLICY_LABELS[name], "–", "unreachable", ""])
+            b = vs[name].loc[s]
+            if b["verdict"] == "unreachable":
+                boot_rows.append([f"{s:g}×", POLICY_LABELS[name], "–", "unreachable", "", ""])
                 continue
-            b = curves.paired_bootstrap(t, de3, other, n_boot=settings.n_boot, seed=settings.seed)
-            verdict = "DE3 ahead" if b["low"] > 0 else "DE3 behind" if b["high"] < 0 else "no significant difference"
+            verdict = f"DE3 {b['verdict']}" if b["verdict"] in ("ahead", "behind") else b["verdict"]
             boot_rows.append([f"{s:g}×", POLICY_LABELS[name], f"{100 * b['diff']:+.2f}",
-                              f"[{100 * b['low']:+.2f}, {100 * b['high']:+.2f}]", verdict])
+                              f"[{100 * b['low']:+.2f}, {100 * b['high']:+.2f}]", f"{int(b['diff_samples']):+d}", verdict])
     lines += ["## Is the difference real? Paired bootstrap on dev", "",
               f"DE3-BERT minus each baseline, each at its best setting with speed-up ≥ s; 95 % percentile interval "
               f"from {settings.n_boot:,} resamples of the {t.num_samples} sentences (paired: both policies scored on the same "
-              "resample).", "", _md_table(pd.DataFrame(boot_rows, columns=["speed-up", "baseline", "Δ accuracy (points)",
-                                                                                  "95 % CI", "verdict"])), ""]
+              "resample); Δ sentences = DE3's right answers minus the baseline's.", "",
+              _md_table(pd.DataFrame(boot_rows, columns=["speed-up", "baseline", "Δ accuracy (points)", "95 % CI",
+                                                         "Δ sentences", "verdict"])), ""]
 
     # ablations
     abl = []
@@ -327,11 +341,12 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
         best_name = tab.drop(index=["oracle"])[col].astype(float).idxmax()
         out.append(f"- At {s:g}×: DE3-BERT {_fmt(de3)} %, DeeBERT entropy {_fmt(ent)} % "
                    f"(Δ {100 * (de3 - ent):+.2f} points); best real policy: {POLICY_LABELS[best_name]} "
-                   f"({_fmt(tab.loc[best_name, col])} %); oracle headroom {_fmt(comp.oracle['metric'] - de3)} points"
-                   + (" (oracle below this speed-up)" if comp.oracle["speedup"] < s else "") + ".")
+                   f"({_fmt(tab.loc[best_name, col])} %); headroom to the oracle frontier "
+                   f"{_fmt(tab.loc['oracle', col] - de3)} points.")
     sig = [r for r in boot_rows if r[-1] in ("DE3 ahead", "DE3 behind")]
     out.append(f"- Significant differences (95 % CI excludes 0): {len(sig)} of {sum(1 for r in boot_rows if r[3] != 'unreachable')} "
-               "comparisons" + (": " + "; ".join(f"{r[0]} vs {r[1]}: {r[-1]} ({r[2]})" for r in sig) if sig else "") + ".")
+               "comparisons" + (": " + "; ".join(f"{r[0]} vs {r[1]}: {r[-1]} ({r[2]}, {r[4]} sentences)" for r in sig)
+                                if sig else "") + ".")
     shallow = diag[diag["layer"] < diag["layer"].max()]
     out.append(f"- Mean AUROC over layers 1–{int(shallow['layer'].max())}: entropy {shallow['entropy'].mean():.3f}, "
                f"DR {shallow['DR'].mean():.3f}, EDR {shallow[f'EDR (λ={lam:g})'].mean():.3f}; "
@@ -372,8 +387,8 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
         out.append("- The DAR term changes the classifiers themselves: entropy-exit AUC " + ", ".join(
             f"{_fmt(a)} ({v})" for v, a in dar_effect) + f" against {_fmt(ent_curve_auc)} ({main}). In this one-epoch "
             "CPU setting the prototype loss does not make the distance a better exit signal than the entropy; the "
-            f"oracle's headroom ({_fmt(comp.oracle['metric'] - tab.loc['de3', '3x'])} points at 3×) is what a better "
-            "signal could still win.")
+            f"headroom to the oracle frontier ({_fmt(tab.loc['oracle', '3x'] - tab.loc['de3', '3x'])} points at 3×) is "
+            "what a better signal could still win.")
     return out
 
 

@@ -1,7 +1,8 @@
 """Every Streamlit cache of the app, in one place, keyed by small hashable values.
 
     st.cache_resource   models, the early-exit engine, per-folder locks, the UMAP warm-up  (shared, read-only)
-    st.cache_data       traces, sweeps, matched tables, per-layer metrics, projections     (copied per call)
+    st.cache_data       traces, sweeps, matched tables and their bootstrap intervals, the oracle frontier,
+                        per-layer metrics, projections                                      (copied per call)
 
 A trace is keyed by ``TraceRef(folder, stamp)``: the folder it lives in and the modification time of its
 meta.json, so a rewritten trace is a new key. Nothing here stores a policy or a threshold: those are
@@ -109,10 +110,28 @@ def get_sweep(ref: TraceRef, lambda_: float | None = None, patience: int | None 
     return _curves.sweep(trace, _curves.default_grid(trace, lambdas=lambdas, pcee_patiences=patiences))
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_oracle_frontier(ref: TraceRef) -> pd.DataFrame | None:
+    """The oracle frontier (``curves.oracle_frontier``); None for a trace without labels."""
+    trace = get_trace(ref)
+    return _curves.oracle_frontier(trace) if trace.labelled else None
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def get_matched(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.5, 2.0, 3.0)) -> pd.DataFrame:
-    """Best metric per policy at matched speed-ups, and AUC (``curves.matched_table``), DE3 at ``lambda_``."""
-    return _curves.matched_table(get_sweep(ref, lambda_), speedups, lambda_=lambda_)
+    """Best metric per policy at matched speed-ups, and AUC (``curves.matched_table``), DE3 at ``lambda_``; the
+    oracle row read off the oracle frontier."""
+    return _curves.matched_table(get_sweep(ref, lambda_), speedups, lambda_=lambda_,
+                                 oracle_front=get_oracle_frontier(ref))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def get_vs_baseline(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.5, 2.0, 3.0),
+                    baseline: str = "entropy", n_boot: int = 1000) -> pd.DataFrame:
+    """Every policy against ``baseline`` at matched speed-ups, with paired-bootstrap intervals and the gap in
+    right answers (``curves.matched_vs_baseline``), DE3 at ``lambda_``. Needs a labelled trace."""
+    return _curves.matched_vs_baseline(get_trace(ref), get_sweep(ref, lambda_), speedups, lambda_=lambda_,
+                                       baseline=baseline, n_boot=n_boot)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

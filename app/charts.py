@@ -16,7 +16,7 @@ from analysis.policies import POLICIES, POLICY_LABELS
 # Okabe-Ito (colour-blind safe), then more distinct colours for many classes
 CLASS_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#882255",
                 "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86"]
-RIGHT, WRONG = "#009E73", "#D55E00"
+RIGHT, WRONG, NEUTRAL = "#009E73", "#D55E00", "#7F7F7F"  # NEUTRAL: no labels to judge by
 POLICY_COLORS = {"de3": "#0072B2", "dr": "#56B4E9", "entropy": "#E69F00", "maxprob": "#CC79A7",
                  "pabee": "#009E73", "pcee": "#D55E00", "static": "#7F7F7F", "oracle": "#8C6D31"}
 CURRENT = "#E4007C"  # the current setting / exit marker: visible on light and dark themes
@@ -59,18 +59,21 @@ def layer_metric_bars(per_layer: pd.DataFrame, *, metric_title: str = "accuracy 
     return _layout(fig, height=320)
 
 
-def exit_distribution(exit_layer: np.ndarray, correct: np.ndarray, *, num_layers: int) -> go.Figure:
-    """How many samples leave at each layer under the current policy, split into right and wrong answers."""
-    exit_layer, correct = np.asarray(exit_layer), np.asarray(correct, dtype=bool)
+def exit_distribution(exit_layer: np.ndarray, correct: np.ndarray | None, *, num_layers: int) -> go.Figure:
+    """How many samples leave at each layer under the current policy, split into right and wrong answers (one
+    bar per layer when ``correct`` is None: a trace without labels)."""
+    exit_layer = np.asarray(exit_layer)
     layers = np.arange(1, num_layers + 1)
-    right = np.bincount(exit_layer[correct] - 1, minlength=num_layers)
-    wrong = np.bincount(exit_layer[~correct] - 1, minlength=num_layers)
-    fig = go.Figure([
-        go.Bar(x=layers, y=right, name="right", marker_color=RIGHT,
-               hovertemplate="layer %{x}: %{y} right<extra></extra>"),
-        go.Bar(x=layers, y=wrong, name="wrong", marker_color=WRONG,
-               hovertemplate="layer %{x}: %{y} wrong<extra></extra>"),
-    ])
+    if correct is None:
+        bars = [go.Bar(x=layers, y=np.bincount(exit_layer - 1, minlength=num_layers), name="samples",
+                       marker_color=NEUTRAL, hovertemplate="layer %{x}: %{y} samples<extra></extra>")]
+    else:
+        correct = np.asarray(correct, dtype=bool)
+        bars = [go.Bar(x=layers, y=np.bincount(exit_layer[correct] - 1, minlength=num_layers), name="right",
+                       marker_color=RIGHT, hovertemplate="layer %{x}: %{y} right<extra></extra>"),
+                go.Bar(x=layers, y=np.bincount(exit_layer[~correct] - 1, minlength=num_layers), name="wrong",
+                       marker_color=WRONG, hovertemplate="layer %{x}: %{y} wrong<extra></extra>")]
+    fig = go.Figure(bars)
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title="exit layer", tickmode="array", tickvals=layers)
     fig.update_yaxes(title="samples")
@@ -108,12 +111,15 @@ def _settings(rows: pd.DataFrame) -> list[list]:
 
 def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, lambda_: float, patience: int,
                    metric_title: str = "accuracy (%)", x: str = "speedup", frontier_only: bool = False,
-                   other_lambdas: bool = False) -> go.Figure:
+                   other_lambdas: bool = False, oracle_front: pd.DataFrame | None = None) -> go.Figure:
     """Metric vs speed-up of every policy's sweep on one chart, the current setting marked.
 
     ``curves``: a ``curves.sweep`` frame. DE3 is drawn at ``lambda_`` (other λ as hidden legend entries when
     ``other_lambdas``), PCEE at ``patience``. ``x`` = "speedup" (L / mean exit layer) or "flops" (1 / FLOPs
     ratio). ``frontier_only`` draws each policy's upper envelope (best metric at a speed-up ≥ s) instead.
+    ``oracle_front`` (``curves.oracle_frontier``): for accuracy, drawn as the line "oracle frontier (upper
+    bound)" — the best accuracy any exit assignment can have at a speed-up ≥ s (layer speed-up only: it is not
+    a bound in FLOPs); for F1/MCC the oracle is labelled a reference point.
     """
     xcol = "speedup" if x == "speedup" else "flops_speedup"
     curves = curves.assign(flops_speedup=1.0 / curves["flops_ratio"])
@@ -129,7 +135,8 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
         fig.add_trace(go.Scatter(
             x=rows[xcol], y=100 * rows["metric"], name=name, mode=mode, visible=visible,
             legendrank=100 + POLICIES.index(policy) + (0 if visible is True else 50),
-            line=dict(color=POLICY_COLORS[policy], width=width, dash=dash, shape="hv" if frontier_only else "linear"),
+            # F(s) on (s_prev, s] is the value at s: drop at s_prev, then run flat to s ("vh")
+            line=dict(color=POLICY_COLORS[policy], width=width, dash=dash, shape="vh" if frontier_only else "linear"),
             marker=dict(size=14 if policy == "oracle" else 4, symbol="star" if policy == "oracle" else "circle",
                         color=POLICY_COLORS[policy]),
             text=_hover(rows), customdata=_settings(rows), hovertemplate="%{text}<extra></extra>"))
@@ -160,8 +167,13 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
                 marker=dict(size=8, symbol="square", color=POLICY_COLORS["static"]),
                 text=[f"L{int(v)}" for v in rows["layer"]], textposition="bottom center",
                 hovertext=_hover(rows), customdata=_settings(rows), hovertemplate="%{hovertext}<extra></extra>"))
+        elif policy == "oracle":
+            bound = oracle_front is None or bool(oracle_front.attrs.get("bound"))
+            add(rows, POLICY_LABELS["oracle"] if bound else "oracle (reference point)", "oracle")
         else:
             add(rows, POLICY_LABELS[policy], policy)
+    if oracle_front is not None and oracle_front.attrs.get("bound") and x == "speedup":
+        _add_oracle_frontier(fig, oracle_front)
 
     cx = current["speedup"] if x == "speedup" else 1.0 / current["flops_ratio"]
     fig.add_trace(go.Scatter(
@@ -176,22 +188,41 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
     return _layout(fig, height=500)
 
 
+def _add_oracle_frontier(fig: go.Figure, oracle_front: pd.DataFrame) -> None:
+    """The oracle frontier as a dashed step line from 1× (its value there is the oracle's accuracy) to L×."""
+    from analysis.curves import upper_envelope
+
+    env = upper_envelope(oracle_front)
+    xs, ys = env["speedup"].to_numpy(), 100 * env["metric"].to_numpy()
+    if xs[0] > 1.0:
+        xs, ys = np.concatenate([[1.0], xs]), np.concatenate([[ys[0]], ys])
+    fig.add_trace(go.Scatter(
+        x=xs, y=ys, name="oracle frontier (upper bound)", mode="lines", legendrank=100 + len(POLICIES),
+        line=dict(color=POLICY_COLORS["oracle"], width=1.5, dash="dash", shape="vh"),
+        hovertemplate="<b>oracle frontier</b>: no exit assignment reaches more than %{y:.2f}% at a speed-up ≥ "
+                      "%{x:.2f}× (uses labels)<extra></extra>"))
+
+
 def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
     exps = list(range(int(np.floor(lo)), int(np.ceil(hi)) + 1))
     return exps, [f"1e{e}" if e < -2 else f"{10.0 ** e:g}" for e in exps]
 
 
-def signal_histograms(values: np.ndarray, correct: np.ndarray, *, tau: float | None, signal_label: str,
+def signal_histograms(values: np.ndarray, correct: np.ndarray | None, *, tau: float | None, signal_label: str,
                       active: np.ndarray | None = None, log_x: bool = True, bins: int = 30,
                       cols: int = 6) -> go.Figure:
-    """Per-layer histograms of an exit signal (N, L), stacked by whether that layer's answer is right.
+    """Per-layer histograms of an exit signal (N, L), stacked by whether that layer's answer is right (one group
+    when ``correct`` is None: a trace without labels).
 
     ``tau`` draws the threshold line (exit when the value is left of it). ``active`` (N, L) bool keeps only
     samples still running at each layer. ``log_x`` bins log10 of the values (signals span several decades).
     """
     values = np.asarray(values, dtype=np.float64)
-    correct = np.asarray(correct, dtype=bool)
     L = values.shape[1]
+    groups = ((True, RIGHT, "right at this layer"), (False, WRONG, "wrong at this layer"))
+    if correct is None:  # no labels: every sample in one neutral group
+        correct, groups = np.ones(values.shape, dtype=bool), ((True, NEUTRAL, "samples"),)
+    correct = np.asarray(correct, dtype=bool)
     shown = np.ones_like(correct) if active is None else np.asarray(active, dtype=bool)
     x = np.log10(np.clip(values, LOG_FLOOR, None)) if log_x else values
     finite = x[np.isfinite(x)]
@@ -209,7 +240,7 @@ def signal_histograms(values: np.ndarray, correct: np.ndarray, *, tau: float | N
     for m in range(L):
         r, c = m // cols + 1, m % cols + 1
         keep = shown[:, m]
-        for ok, color, name in ((True, RIGHT, "right at this layer"), (False, WRONG, "wrong at this layer")):
+        for ok, color, name in groups:
             sel = keep & (correct[:, m] == ok)
             counts, _ = np.histogram(np.clip(x[sel, m], lo, hi), bins=edges)
             fig.add_trace(go.Bar(x=centers, y=counts, width=width, marker_color=color, name=name, legendgroup=name,

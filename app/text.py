@@ -51,5 +51,6 @@ POLICY_WORDS = {
     "pabee": "PABEE: the prediction has stayed the same for `patience` consecutive layers.",
     "pcee": "PCEE-BERT: entropy < τ at `patience` consecutive layers.",
     "static": "static: every sample leaves at the same layer.",
-    "oracle": "oracle: the first layer whose prediction is right (uses the label — an upper bound, not a method).",
+    "oracle": "oracle: each sample leaves at the first layer whose prediction is right; one that no layer gets right "
+              "leaves at layer 1 (it is wrong anyway). Uses the label — the best accuracy at the fewest layers, not a method.",
 }

@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,10 @@ from analysis.curves import (
     _exit_signal,
     _running_min,
     _threshold_totals,
+    VS_BASELINE_COLUMNS,
     add_cli,
     best_metric_at,
+    best_setting_at,
     choose_lambda,
     compare,
     default_grid,
@@ -24,6 +27,8 @@ from analysis.curves import (
     frontier,
     frontier_auc,
     matched_table,
+    matched_vs_baseline,
+    oracle_frontier,
     paired_bootstrap,
     per_layer_metric,
     score,
@@ -324,6 +329,11 @@ def test_cli_compare_prints_the_table(tmp_path, capsys):
         assert line[end - 1] in "0123456789-" and line[end:end + 1] in ("", " "), line
     assert len(table) == 1 + len(POLICIES)
     assert "per-layer accuracy" in out and "oracle" in out
+    vs = out.split("\n\n")[3].splitlines()  # under the matched table: every policy against the entropy baseline
+    assert vs[0].startswith("vs DeeBERT (entropy) at the same speed-up, paired bootstrap 95 % CI, n = 400")
+    assert vs[2].split() == ["policy", "1.5x", "2x"] and len(vs) == 3 + len(POLICIES) - 2  # no baseline, no oracle
+    cell = r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] \([+-]\d+\)"
+    assert re.fullmatch(rf"DE3-BERT \(EDR\), λ=8 +{cell} +{cell}", vs[3]), vs[3]
 
 
 def test_cli_user_errors(tmp_path):
@@ -338,3 +348,120 @@ def test_cli_user_errors(tmp_path):
         run_cli(["compare", "--trace", str(folder), "--speedups", "1.5,fast"])
     with pytest.raises(CurveError, match="folder"):
         run_cli(["curves", "--trace", str(folder), "--out", str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every policy against the entropy baseline at matched speed-ups (one function: compare, the study, the app)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_matched_vs_baseline_is_the_paired_bootstrap_of_the_matched_settings():
+    trace = random_trace(n=250, num_layers=5, k=3, seed=8)
+    curves = sweep(trace, default_grid(trace, lambdas=(2.0,), n_quantiles=30))
+    vs = matched_vs_baseline(trace, curves, (1.5, 2, 3), lambda_=2.0, n_boot=200, seed=3)
+    assert list(vs.columns) == list(VS_BASELINE_COLUMNS)
+    assert vs["policy"].unique().tolist() == ["de3", "dr", "maxprob", "pabee", "pcee", "static"]  # POLICIES order
+    assert (vs["baseline"] == "entropy").all() and (vs["n"] == 250).all() and (vs["n_boot"] == 200).all()
+    unreachable = 0
+    for r in vs.to_dict("records"):
+        mine = best_setting_at(curves, r["policy"], r["speedup"], lambda_=2.0 if r["policy"] == "de3" else None)
+        base = best_setting_at(curves, "entropy", r["speedup"])
+        if mine is None:  # e.g. PABEE: leaves at layer 2 at the earliest, 2.5x at most
+            assert curves.loc[curves.policy == r["policy"], "speedup"].max() < r["speedup"]
+            assert r["verdict"] == "unreachable" and math.isnan(r["diff"]) and math.isnan(r["diff_samples"])
+            unreachable += 1
+            continue
+        b = paired_bootstrap(trace, mine, base, n_boot=200, seed=3)
+        assert (r["diff"], r["low"], r["high"]) == (b["diff"], b["low"], b["high"])
+        assert r["setting"] == mine.describe() and r["baseline_setting"] == base.describe()
+        right = [(decide_exits(trace.wide, p).pred == trace.labels).sum() for p in (mine, base)]
+        assert r["diff_samples"] == right[0] - right[1] == b["diff_samples"]
+        assert r["diff"] * 250 == pytest.approx(r["diff_samples"])  # accuracy: the gap is diff x N samples
+        assert r["metric"] - r["baseline_metric"] == pytest.approx(r["diff"])
+        expected = "ahead" if r["low"] > 0 else "behind" if r["high"] < 0 else "no significant difference"
+        assert r["verdict"] == expected
+    assert unreachable >= 1  # PABEE at 3x at least
+    static = vs[(vs.policy == "static") & (vs.speedup == 1.5)].iloc[0]  # 5 / 3 >= 1.5: layer 3 is the best static
+    assert static["setting"] == "static exit (layer=3)"
+
+
+def test_matched_vs_baseline_options_and_refusals():
+    trace = random_trace(n=120, seed=9)
+    curves = sweep(trace, default_grid(trace, lambdas=(1.0,), n_quantiles=20))
+    one = matched_vs_baseline(trace, curves, (2,), baseline="static", policies=("de3", "entropy"), n_boot=50)
+    assert one["policy"].tolist() == ["de3", "entropy"] and (one["baseline"] == "static").all()
+    with pytest.raises(CurveError, match="baseline"):
+        matched_vs_baseline(trace, curves, baseline="oracle")
+    with pytest.raises(CurveError, match="no rows"):
+        matched_vs_baseline(trace, curves, lambda_=4.0)
+    with pytest.raises(CurveError, match="n_boot"):
+        matched_vs_baseline(trace, curves, n_boot=0)
+
+
+def test_comparison_carries_the_oracle_frontier_and_the_statistics():
+    test = random_trace(n=200, seed=2)
+    result = compare(test, speedups=(1.5, 2), n_boot=100)
+    front = oracle_frontier(test)
+    assert result.oracle_front.equals(front) and result.oracle_front.attrs["bound"]
+    oracle_row = result.table.set_index("policy").loc["oracle"]
+    assert oracle_row["1.5x"] == best_metric_at(front, 1.5) and oracle_row["2x"] == best_metric_at(front, 2.0)
+    assert result.vs_baseline.equals(matched_vs_baseline(test, result.curves, (1.5, 2), n_boot=100))
+    text = result.format()
+    assert "paired bootstrap 95 % CI, n = 200 (100 resamples)" in text and "oracle frontier" not in text.splitlines()[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A trace without labels: costs yes, metric NaN, and whatever needs labels refuses
+# ---------------------------------------------------------------------------------------------------------
+
+
+def unlabelled(trace):
+    """``trace`` as a prediction-only trace: label -1, nothing correct, ``meta["labelled"]`` False."""
+    trace.table["label"] = -1
+    trace.table["correct"] = False
+    trace.samples["label"] = -1
+    trace.meta["labelled"] = False
+    return trace
+
+
+def test_unlabelled_trace_has_costs_but_no_metric():
+    labelled = random_trace(n=80, num_layers=5, k=3, seed=11)
+    bare = unlabelled(trace_from_outputs(*_outputs(80, 5, 3, 11)))
+    grid = default_grid(bare, lambdas=(0.5,), n_quantiles=10)
+    assert "oracle" not in {p.name for p in grid}  # it needs the labels
+    ours, theirs = sweep(bare, grid), sweep(labelled, grid)
+    assert ours["metric"].isna().all() and theirs["metric"].notna().all()
+    for col in ("speedup", "saved_fraction", "mean_exit_layer", "flops_ratio"):
+        assert ours[col].tolist() == theirs[col].tolist(), col
+    policy = ExitPolicy("de3", tau=0.2, lambda_=0.5)
+    one, other = evaluate_policy(bare, policy), evaluate_policy(labelled, policy)
+    assert math.isnan(one["metric"])
+    assert {k: v for k, v in one.items() if k != "metric"} == {k: v for k, v in other.items() if k != "metric"}
+    layers = per_layer_metric(bare)
+    assert layers["metric"].isna().all() and layers["speedup"].tolist() == per_layer_metric(labelled)["speedup"].tolist()
+
+
+def _outputs(n, num_layers, k, seed):
+    """The logits, distances and labels ``random_trace`` builds, so a labelled twin can be unlabelled."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    scale = np.linspace(0.3, 3.0, num_layers)[:, None, None]
+    logits = rng.normal(size=(num_layers, n, k)) * scale
+    logits[:, np.arange(n), labels] += np.linspace(0.0, 2.0, num_layers)[:, None]
+    return logits, rng.uniform(0.2, 2.0, size=(num_layers, n, k)), np.zeros(n)
+
+
+@pytest.mark.parametrize("what, call", [
+    ("the oracle", lambda t: evaluate_policy(t, ExitPolicy("oracle"))),
+    ("the oracle", lambda t: sweep(t, [ExitPolicy("static", layer=1), ExitPolicy("oracle")])),
+    ("the oracle frontier", oracle_frontier),
+    ("a comparison", compare),
+    ("a paired bootstrap", lambda t: paired_bootstrap(t, ExitPolicy("static", layer=1), ExitPolicy("static", layer=2))),
+    ("a paired bootstrap against the baseline", lambda t: matched_vs_baseline(t, sweep(t, default_grid(t, lambdas=(1.0,))))),
+    ("choosing λ", choose_lambda),
+])
+def test_unlabelled_trace_is_refused_where_labels_are_needed(what, call):
+    bare = unlabelled(random_trace(n=40, seed=12))
+    bare.meta["split"] = "validation"
+    with pytest.raises(CurveError, match=f"has no labels: {re.escape(what)} needs labelled data"):
+        call(bare)

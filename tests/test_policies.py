@@ -61,8 +61,9 @@ CASES = [
     (ExitPolicy("pcee", tau=0.35, patience=2), [2, 3, 4, 4, 4], [0, 0, 1, 1, 1]),
     (ExitPolicy("static", layer=2), [2, 2, 2, 2, 2], [0, 0, 1, 1, 1]),
     (ExitPolicy("static", layer=4), [4, 4, 4, 4, 4], [0, 0, 1, 1, 1]),
-    # oracle: the first correct layer; s4 is never correct -> 4 with the last layer's (wrong) answer
-    (ExitPolicy("oracle"), [1, 2, 1, 2, 4], [0, 0, 1, 1, 1]),
+    # oracle: the first correct layer; s4 is never correct -> layer 1 (wrong anyway, so the bound spends nothing on
+    # it) with layer 1's (wrong) answer
+    (ExitPolicy("oracle"), [1, 2, 1, 2, 1], [0, 0, 1, 1, 1]),
 ]
 
 

@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from analysis.curves import evaluate_policy, sweep
+from analysis.curves import best_metric_at, evaluate_policy, oracle_frontier, sweep, upper_envelope
 from analysis.policies import ExitPolicy, decide_exits
 from analysis.signals import distance_ratio, edr
 from analysis.trace import trace_from_outputs
@@ -140,3 +140,21 @@ def test_edr_moves_towards_dr_as_lambda_grows(dr, ent, l1, l2):
     gap_small = abs(edr(np.float64(dr), np.float64(ent), small) - dr)
     gap_large = abs(edr(np.float64(dr), np.float64(ent), large) - dr)
     assert gap_large <= gap_small + 1e-7
+
+
+# ---- the oracle frontier (spec §5): an upper bound no setting of any policy crosses -----------------------------
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_no_setting_lies_above_the_oracle_frontier(trace):
+    trace.meta["metric"] = "accuracy"  # the frontier bounds accuracy
+    curves = sweep(trace)
+    front = oracle_frontier(trace)
+    env = upper_envelope(front)
+    for speed, value in zip(curves["speedup"], curves["metric"]):
+        assert value <= best_metric_at(env, speed) + 1e-12
+    oracle = curves[curves["policy"] == "oracle"].iloc[0]  # the oracle point: the best accuracy at the fewest layers
+    assert (oracle["metric"], oracle["speedup"]) == (front["metric"].iloc[0], front["speedup"].iloc[0])
+    assert (curves.loc[curves["metric"] >= oracle["metric"] - 1e-12, "speedup"] <= oracle["speedup"] * (1 + 1e-12)).all()
+    assert front["metric"].is_monotonic_decreasing and front["speedup"].is_monotonic_increasing

@@ -32,6 +32,25 @@ def test_report_has_every_section(tmp_path):
                     "## Ablations", "## Diagnostics", "## Findings"):
         assert heading in text
     assert "DE3-BERT (EDR) (λ=" in text and "oracle" in text.lower() and "95 % CI" in text
+    assert "oracle frontier" in text and "Δ sentences" in text
+
+
+def test_bootstrap_section_reads_the_shared_matched_vs_baseline(tmp_path):
+    """The study's "Is the difference real?" rows are curves.matched_vs_baseline's numbers (DE3 vs each baseline)."""
+    from analysis import curves
+
+    work = tmp_path / "work"
+    for split in ("validation", "test"):
+        synthetic(1 + (split == "test"), split).save(work / "de3" / "traces" / split)
+    text = analyse(work, ["de3"], StudySettings(n_boot=100), {"de3": 1.0}, tmp_path / "r.md", log=lambda *_: None)
+    test = synthetic(2, "test")
+    comp = curves.compare(test, synthetic(1, "validation"), (1.5, 2.0, 3.0))
+    vs = curves.matched_vs_baseline(test, comp.curves, (2.0,), lambda_=comp.lambda_, baseline="maxprob",
+                                    policies=("de3",), n_boot=100, seed=42).iloc[0]
+    row = next(line for line in text.splitlines() if line.startswith("| 2× | max-probability |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == [f"{100 * vs['diff']:+.2f}", f"[{100 * vs['low']:+.2f}, {100 * vs['high']:+.2f}]",
+                          f"{int(vs['diff_samples']):+d}"]
 
 
 def test_study_refuses_a_folder_without_sst2(tmp_path):

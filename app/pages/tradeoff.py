@@ -6,17 +6,32 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.curves import evaluate_policy
+from analysis.curves import evaluate_policy, format_vs_baseline_cell
 from analysis.policies import POLICY_LABELS, decide_exits
 from app import cache, charts, derive, state
 
+SPEEDUPS = (1.5, 2.0, 3.0)
 
-def matched_table_view(table: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The matched-speed-up table, formatted: one row per policy, metric at each target and AUC."""
+
+def matched_table_view(table: pd.DataFrame, metric: str, vs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The matched-speed-up table, formatted: one row per policy, metric at each target and AUC.
+
+    With ``vs`` (``curves.matched_vs_baseline``), each target's column is followed by the difference to the
+    baseline at that target: "+0.45 [−0.45, +1.35] (+1)" = points ×100, 95 % paired-bootstrap interval, right
+    answers gained; "baseline" on the baseline's row, "–" where either cannot reach the target or for the oracle.
+    """
     shown = pd.DataFrame({"policy": [r["label"] + (f" (λ={r['lambda_']:g})" if r["policy"] == "de3" else "")
                                      for r in table.to_dict("records")]})
+    cells, baseline = {}, None
+    if vs is not None and len(vs):
+        baseline = vs["baseline"].iloc[0]
+        cells = {(r["policy"], f"{r['speedup']:g}x"): format_vs_baseline_cell(r).replace("-", "−")
+                 for r in vs.to_dict("records") if r["verdict"] != "unreachable"}
     for col in [c for c in table.columns if c.endswith("x")]:
         shown[f"best at ≥{col}"] = [derive.fmt_metric(v, metric) for v in table[col]]
+        if baseline is not None:
+            shown[f"Δ vs {baseline} at ≥{col}"] = [
+                "baseline" if p == baseline else cells.get((p, col), "–") for p in table["policy"]]
     shown["AUC 1–3×"] = [derive.fmt_metric(v, metric) for v in table["auc"]]
     shown["fastest"] = [f"{v:.2f}×" for v in table["max_speedup"]]
     shown["note"] = table["note"]
@@ -71,19 +86,42 @@ def render() -> None:
     frontier_only = o2.toggle("frontier only", key="to_frontier",
                               help="Each policy's upper envelope: the best metric among its settings at a speed-up ≥ s.")
     other_lambdas = o3.toggle("DE3 at other λ", key="to_lambdas", help="Adds DE3 curves at other λ (click the legend).")
+    labelled = trace.labelled
+    oracle_front = cache.get_oracle_frontier(ref)
     fig = charts.tradeoff_chart(curves, current=result, current_label=policy.describe(), lambda_=policy.lambda_,
                                 patience=policy.patience, metric_title=derive.metric_title(metric), x=x,
-                                frontier_only=frontier_only, other_lambdas=other_lambdas)
+                                frontier_only=frontier_only, other_lambdas=other_lambdas, oracle_front=oracle_front)
     st.plotly_chart(fig, key="to_chart", on_select=_adopt_clicked_setting, selection_mode="points")
+    if oracle_front is None:
+        oracle_words = ""
+    elif oracle_front.attrs.get("bound"):
+        oracle_words = ("Oracle = each sample at its first correct layer, one that no layer gets right at layer 1 (uses "
+                        "labels): the best accuracy at the fewest layers. The dashed **oracle frontier** is the best "
+                        "accuracy any exit assignment can have at a speed-up ≥ s: no policy can cross it. ")
+    else:
+        oracle_words = ("Oracle = each sample at its first correct layer, one that no layer gets right at layer 1 (uses "
+                        f"labels); for {derive.metric_name(metric)} it is a reference point, not a bound. ")
     st.caption("**Click any point** to make that setting the current one. Each line is one policy swept over its parameter (≈100 data-driven thresholds; PABEE over patience; "
-               "static over layers). Oracle = first correct layer (uses labels: an upper bound). Speed-up = L / mean exit "
+               f"static over layers). {oracle_words}Speed-up = L / mean exit "
                "layer; FLOPs speed-up = full-model FLOPs / early-exit FLOPs (exit heads included).")
 
     st.subheader("Matched speed-up")
     st.markdown("Best metric a policy reaches **at a speed-up of at least** 1.5×, 2× and 3×, and the area under its "
-                "frontier from 1× to 3× (its mean metric over that range; – when it cannot reach 3×).")
-    table = cache.get_matched(ref, policy.lambda_)
-    st.dataframe(matched_table_view(table, metric), hide_index=True, width="stretch", key="to_matched")
+                "frontier from 1× to 3× (its mean metric over that range; – when it cannot reach 3×). "
+                + ("The oracle row is read off the oracle frontier. " if oracle_front is not None else "")
+                + ("**Δ vs DeeBERT (entropy)**: how far each policy is from the entropy baseline at the same target, "
+                   "both at their best setting with speed-up ≥ s." if labelled else ""))
+    table = cache.get_matched(ref, policy.lambda_, SPEEDUPS)
+    vs = cache.get_vs_baseline(ref, policy.lambda_, SPEEDUPS) if labelled else None
+    st.dataframe(matched_table_view(table, metric, vs), hide_index=True, width="stretch", key="to_matched")
+    if vs is not None and len(vs):
+        n, n_boot = int(vs["n"].iloc[0]), int(vs["n_boot"].iloc[0])
+        st.caption(f"**n = {n:,} samples.** Δ = the policy's {derive.metric_name(metric)} minus DeeBERT's (×100) "
+                   f"[95 % paired-bootstrap interval: {n_boot:,} resamples of the same {n:,} samples for both] "
+                   "(right answers gained or lost). An interval that contains 0 is a difference these samples do "
+                   "not settle" + (f"; one sample moves accuracy by {100 / n:.2f} points." if metric == "accuracy" else "."))
+    else:
+        st.caption(f"**n = {trace.num_samples:,} samples**, without labels: no metric, so no comparison.")
 
     st.subheader("Where the threshold cuts, layer by layer")
     sig = derive.policy_signal(trace, policy)
