@@ -1,4 +1,5 @@
-"""Load a trained checkpoint with its tokenizer, and the data it was trained on."""
+"""Load a trained checkpoint with its tokenizer, and data to score with it: its own (the splits it was trained
+on) or any other, labels mapped into its classes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .backbones import load_tokenizer
-from .errors import CheckpointError, name_list, one_line
+from .errors import CheckpointError, one_line
 from .model import DE3Bert, read_checkpoint_config
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -23,7 +24,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
 
 
 def checkpoint_data_info(folder: str | Path) -> dict:
-    """data.json of a checkpoint: how its training data was loaded (spec, data_dir, columns, seed)."""
+    """data.json of a checkpoint: how its training data was loaded (spec, seed and ``data.RECORDED_OPTIONS``:
+    data_dir, columns, header, max_train_samples, validation_data, test_data), plus name, label_names, metric."""
     path = Path(folder) / "data.json"
     if not path.is_file():
         return {}
@@ -37,32 +39,45 @@ def checkpoint_data_info(folder: str | Path) -> dict:
 
 
 def load_checkpoint_data(folder: str | Path, spec: str | None = None, **overrides):
-    """The checkpoint's own data source (same splits as in training), or ``spec`` with ``overrides``.
+    """Data to score with a checkpoint, its labels mapped by name into the checkpoint's label ids.
 
-    Refuses data whose label set differs from the checkpoint's.
+    Parameters
+    ----------
+    folder : str or Path
+        A checkpoint folder written by ``train``.
+    spec : str, optional
+        A data spec for ``analysis.data.load_data``, loaded with ``overrides``. Default: the checkpoint's own
+        data as its data.json records it (spec, seed, columns, separate validation / test files), so every
+        split is the one it was trained and tested on; ``overrides`` that are not None replace recorded options.
+
+    Returns
+    -------
+    DataBundle
+        Its ``label_names`` are the checkpoint's, in the checkpoint's order. The data may hold only some of
+        them; a data class matches a checkpoint class of the same name (after label cleaning), and integer
+        labels 0..K-1 read against named classes (a 0/1 file for GLUE SST-2's 'negative', 'positive') are the
+        class ids themselves. A file without a label column loads with every label -1 (prediction only).
+
+    Raises
+    ------
+    CheckpointError
+        No data.json and no ``spec``, or data with classes the checkpoint never saw (named).
+    DataError
+        A bad data file.
     """
-    from .data import load_data
+    from .data import class_ids, class_list, load_data, reload_data
 
     info = checkpoint_data_info(folder)
     if spec is None:
         if "spec" not in info:
             raise CheckpointError(f"{folder}: no data.json saying what it was trained on; pass --data")
-        kwargs = {k: info.get(k) for k in ("data_dir", "text_columns", "label_column", "header", "max_train_samples")}
-        kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        data = load_data(info["spec"], seed=info.get("seed", 42), **kwargs)
+        data = reload_data(info, training=False, **overrides)
     else:
-        data = load_data(spec, **overrides)
+        data = load_data(spec, training=False, **overrides)
     model_labels = [str(n) for n in read_checkpoint_config(Path(folder))["de3"].get("label_names", [])]
-    if list(data.label_names) != model_labels:
-        unseen = [n for n in data.label_names if n not in model_labels]
-        absent = [n for n in model_labels if n not in data.label_names]
-        what = (f"classes the checkpoint never saw: {_classes(unseen)}" if unseen else
-                f"not all of its classes (no {_classes(absent)})" if absent else "its classes in another order")
-        raise CheckpointError(f"{data.name}: the data has {what}; the checkpoint {Path(folder).name} knows "
-                              f"{_classes(model_labels)}; use data (or a label column) with exactly these classes")
-    return data
-
-
-def _classes(names: list[str]) -> str:
-    """A few class names for a message (a wrong label column can hold thousands of values)."""
-    return name_list(names, limit=8, width=30, quote=True)
+    unseen = [n for n, i in zip(data.label_names, class_ids(data.label_names, model_labels)) if i is None]
+    if unseen:
+        raise CheckpointError(f"{data.name}: the data has classes the checkpoint never saw: {class_list(unseen)}; "
+                              f"the checkpoint knows {class_list(model_labels)}; use data (or a --label-column) "
+                              "holding only these classes")
+    return data.relabel(model_labels)

@@ -2,9 +2,10 @@
 
 Commands
 --------
-train     train DE3-BERT on a data source and keep the best checkpoint
-evaluate  every exit's metric of a checkpoint on a split
-trace     record every layer's signals for a split into a trace folder
+train     train DE3-BERT on a data source (or on separate train / validation / test files); keep the best checkpoint
+evaluate  every exit's metric of a checkpoint on a split (or ``--split all``: every row of the data)
+trace     record every layer's signals for a split (or every row) into a trace folder; a file without a label
+          column is traced as predictions only
 compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
 curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
 compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
@@ -25,6 +26,9 @@ from .errors import DE3Error
 
 DATA_HELP = ("data source: 'bbc' (embedded BBC News, 5 classes), 'glue/<task>' (sst2, mrpc, rte, qnli, qqp, mnli, cola), "
              "or a CSV/TSV/Parquet/JSONL file")
+SPLIT_HELP = ("train / validation / test: the seeded stratified split (a file: 80/10/10, or its separate files; GLUE: "
+              "validation carved from train, dev = test), as in training for the checkpoint's own data; all: every "
+              "row of the data, in file order (GLUE: train rows, then dev rows)")
 
 
 def _column(value: str) -> str | int:
@@ -32,10 +36,23 @@ def _column(value: str) -> str | int:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
+def _add_data_args(p: argparse.ArgumentParser, *, for_training: bool) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", required=required, help=DATA_HELP + (" (default: the checkpoint's own)" if not required else ""))
-    g.add_argument("--data-dir", help="local folder in GLUE's TSV layout for glue/<task>, e.g. ../shared/data/glue")
+    if for_training:
+        g.add_argument("--data", help=DATA_HELP + "; with --validation-data / --test-data: the training file")
+        g.add_argument("--validation-data", metavar="FILE",
+                       help="a separate validation file, read with the same column options; without it, validation "
+                            "is carved from --data (seeded, stratified)")
+        g.add_argument("--test-data", metavar="FILE",
+                       help="a separate test file, read with the same column options; without it, test is carved from "
+                            "--data. The training file's classes are the vocabulary: validation / test files may "
+                            "hold some of them, no others")
+    else:
+        g.add_argument("--data", help=DATA_HELP + " (default: the checkpoint's own). Labels map by name to the "
+                       "checkpoint's classes (some of them are enough); a file without a label column is traced as "
+                       "predictions only")
+    g.add_argument("--data-dir", help="local folder in GLUE's TSV layout for glue/<task>, e.g. ../shared/data/glue; "
+                                      "for data files: the folder relative paths start from (else the working folder)")
     g.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
                    help="text column by name or 0-based index; give twice for sentence pairs (user files)")
     g.add_argument("--label-column", type=_column, metavar="COL", help="label column by name or 0-based index (user files)")
@@ -44,6 +61,8 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import TRACE_SPLITS
+
     parser = argparse.ArgumentParser(prog="python -m analysis", description="DE3-BERT: distance-enhanced early exiting for BERT.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -54,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Runs on several processes under torchrun (see the README's Scaling section); "
                                    "an interrupted run continues with --resume --out <same folder>.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_data_args(t, required=False)
+    _add_data_args(t, for_training=True)
     t.add_argument("--backbone", default="minilm-l6",
                    help="'minilm-l6' (offline, ships with pip), a Hugging Face model id, or a local folder")
     t.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically when it exists)")
@@ -87,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="every exit's metric of a checkpoint on a split",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
-    _add_data_args(e, required=False)
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    _add_data_args(e, for_training=False)
+    e.add_argument("--split", default="test", choices=TRACE_SPLITS, help=SPLIT_HELP)
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=int, default=64)
     tr = sub.add_parser("trace", help="record every layer's prediction, entropy, distances and DR for a split",
@@ -98,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "processes and merged into the same trace.",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     tr.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
-    _add_data_args(tr, required=False)
-    tr.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    _add_data_args(tr, for_training=False)
+    tr.add_argument("--split", default="test", choices=TRACE_SPLITS, help=SPLIT_HELP)
     tr.add_argument("--out", required=True, help="trace folder to write (replaced atomically when it exists)")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--batch-size", type=int, default=64)
@@ -131,10 +150,10 @@ TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr_backbone": "l
 
 
 def _data_kwargs(args) -> dict:
-    kwargs = {"data_dir": args.data_dir, "text_columns": args.text_columns, "label_column": args.label_column, "header": args.header}
-    if getattr(args, "max_train_samples", None) is not None:
-        kwargs["max_train_samples"] = args.max_train_samples
-    return kwargs
+    """``load_data``'s options from the data flags (None where a command lacks the flag or it is not given)."""
+    from .data import RECORDED_OPTIONS
+
+    return {k: getattr(args, k, None) for k in RECORDED_OPTIONS}
 
 
 def cmd_train(args) -> int:
@@ -172,7 +191,7 @@ def _cmd_train(args) -> int:
     data = load_data(args.data, seed=train_cfg.seed, **data_kw)
     model_cfg = ModelConfig.from_dict({**model_kw, "backbone": args.backbone, "label_names": tuple(data.label_names)},
                                       source=args.config or "command line")
-    data_info = {"spec": args.data, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in data_kw.items()}, "seed": train_cfg.seed}
+    data_info = {"spec": args.data, **data_kw, "seed": train_cfg.seed}  # data.json: what reload_data needs
     train(model_cfg, train_cfg, data, args.out, device=args.device, data_info=data_info, progress=not args.no_progress)
     return 0
 
@@ -180,10 +199,10 @@ def _cmd_train(args) -> int:
 def _resume_train(args) -> int:
     """Continue from <out>.resume/: its saved settings and data source, not this command line's."""
     from .config import ModelConfig, TrainConfig
-    from .data import load_data
+    from .data import RECORDED_OPTIONS, reload_data
     from .training import read_resume_state, resume_dir, train
 
-    data_flags = ("data", "data_dir", "text_columns", "label_column", "header", "max_train_samples", "config")
+    data_flags = ("data", *RECORDED_OPTIONS, "config")
     given = [f"--{k.replace('_', '-')}" for k in (*MODEL_FLAGS, *TRAIN_FLAGS, *data_flags)
              if getattr(args, k, None) is not None and k != "save_every"]
     if given:
@@ -196,9 +215,7 @@ def _resume_train(args) -> int:
     info = dict(saved["data_info"] or {})
     if "spec" not in info:
         raise DE3Error(f"{resume_dir(args.out)}: no record of the data source; it cannot be resumed from the command line")
-    kwargs = {k: info.get(k) for k in ("data_dir", "text_columns", "label_column", "header", "max_train_samples")
-              if info.get(k) is not None}
-    data = load_data(info["spec"], seed=info.get("seed", train_cfg.seed), **kwargs)
+    data = reload_data({"seed": train_cfg.seed, **info})
     train(model_cfg, train_cfg, data, args.out, device=args.device, data_info=saved["data_info"],
           progress=not args.no_progress, resume=True)
     return 0
@@ -213,6 +230,9 @@ def cmd_evaluate(args) -> int:
     model, tokenizer = load_checkpoint(args.checkpoint, device=pick_device(args.device))
     data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
     split = data.split(args.split)
+    if not split.labelled:
+        raise DE3Error(f"{data.name}: has no label column, and {data.metric} needs labels; pass --label-column, or "
+                       "use `python -m analysis trace` to record predictions only")
     enc = batching.encode_split(tokenizer, split, model.config.max_length)
     result = evaluate(model, tokenizer, enc, data.metric, args.batch_size, progress=True)
     print(f"{args.checkpoint} on {data.name} [{args.split}, {len(split)} samples]: {result.format()}")
@@ -221,6 +241,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_trace(args) -> int:
     from .checkpoint import load_checkpoint, load_checkpoint_data
+    from .data import DEFAULT_LABEL_COLUMNS
     from .distributed import process_group
     from .trace import write_trace
 
@@ -228,6 +249,9 @@ def cmd_trace(args) -> int:
         model, tokenizer = load_checkpoint(args.checkpoint, device=device)
         data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
         split = data.split(args.split)
+        if not split.labelled and ctx.is_main:
+            print(f"note: {data.name} has no label column (looked for {', '.join(DEFAULT_LABEL_COLUMNS)}); tracing "
+                  "predictions only — pass --label-column to score it", file=sys.stderr)
         if args.max_samples is not None:
             split = split.subset(range(min(args.max_samples, len(split))))
         info = {"checkpoint": str(args.checkpoint), "data": data.name, "split": args.split}

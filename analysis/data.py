@@ -1,6 +1,7 @@
 """Datasets: one interface returning texts, integer labels and label names with deterministic splits.
 
-``load_data(spec)`` understands three kinds of spec:
+``load_data(spec)`` reads a whole source into ``DataBundle.all`` (every row, in source order) and splits it
+deterministically into train / validation / test on first use. It understands three kinds of spec:
 
 ``"bbc"``
     The embedded default: BBC News (2,225 articles, 5 classes) shipped inside the pip package
@@ -10,11 +11,19 @@
     TSV layout (``<data_dir>/SST-2/train.tsv`` ...); without it, from the Hugging Face hub. GLUE's test labels
     are not public, so -- as in the early-exit papers -- the official **dev set is our test split**, and the
     **validation split is carved from train** (seeded, stratified, ``val_fraction`` of train but at most
-    ``GLUE_MAX_VALIDATION`` = 2,000 rows, so that per-epoch evaluation stays cheap on the big tasks).
+    ``GLUE_MAX_VALIDATION`` = 2,000 rows, so that per-epoch evaluation stays cheap on the big tasks). ``all`` is
+    the train rows, then the dev rows.
 anything else
     A user file: ``.csv``, ``.tsv`` / ``.txt`` (tab-separated, no quoting), ``.parquet``, ``.jsonl`` / ``.json``
     (JSON lines; a ``.json`` file holding one JSON array of objects is accepted too). Columns are chosen by
-    name or 0-based index; labels may be strings or integers. Split 80/10/10 (stratified, seeded).
+    name or 0-based index; labels may be strings or integers. Split 80/10/10 (stratified, seeded) -- or, with
+    ``test_data`` and/or ``validation_data``, those splits come from their own files and the rest is carved
+    from the training file. ``all`` is every row of the file (then of the validation and test files).
+
+Labels are read as Unicode NFC with whitespace and zero-width characters stripped, so ``"café"`` in NFC or
+NFD and ``"pos\\u200b"`` are one class each. Training data (``training=True``) needs a label column and at
+least two classes; data to be scored by a trained model (``training=False``) may hold a single class, or no
+label column at all: then every label is ``UNLABELLED`` (-1) and only predictions can be traced.
 
 Every problem a user can cause raises ``DataError`` with a one-line message that names the file, the row or
 column at fault and what to do about it.
@@ -23,11 +32,15 @@ column at fault and what to do about it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
 import re
-from dataclasses import dataclass
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,6 +52,8 @@ from sklearn.model_selection import train_test_split
 from analysis.errors import DataError, name_list, one_line, shorten
 
 SPLIT_NAMES = ("train", "validation", "test")
+TRACE_SPLITS = (*SPLIT_NAMES, "all")  # what trace / evaluate (and the app) may ask for: a split, or every row
+UNLABELLED = -1  # the label of every row of a file without a label column (prediction-only)
 METRICS = ("accuracy", "f1", "mcc")
 SUPPORTED_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet", ".jsonl", ".json")
 GLUE_MAX_VALIDATION = 2000  # cap on the validation rows carved from a GLUE train set
@@ -49,15 +64,24 @@ DEFAULT_TEXT_COLUMNS = ("text", "sentence", "sentence1")
 DEFAULT_PAIR_COLUMNS = ("sentence2", "text_pair")
 DEFAULT_LABEL_COLUMNS = ("label", "labels", "target", "class")
 
+# Label cells that mean "no value" (compared case-insensitively, after cleaning): refused, never a class.
+MISSING_LABELS = frozenset({"", "nan", "na", "n/a", "null", "none"})
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))  # deleted from labels
+
+# How a source was read, besides its spec and seed: load_data's options a checkpoint's data.json records.
+RECORDED_OPTIONS = ("data_dir", "text_columns", "label_column", "header", "max_train_samples",
+                    "validation_data", "test_data")
+
 
 # ---------------------------------------------------------------------------------------------------------
-# The two containers
+# The containers
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Split:
-    """One split of a dataset: texts (and second texts for pair tasks) with integer labels 0..K-1."""
+    """Rows of a dataset: texts (and second texts for pair tasks) with integer labels 0..K-1, or
+    ``UNLABELLED`` (-1) in every row of an unlabelled file."""
 
     texts: list[str]
     text_pairs: list[str] | None  # None for single-sentence tasks
@@ -75,6 +99,11 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def labelled(self) -> bool:
+        """False for the rows of a file without a label column (every label ``UNLABELLED``)."""
+        return UNLABELLED not in self.labels
 
     def subset(self, indices: Sequence[int]) -> Split:
         """Return a new ``Split`` holding the rows ``indices``, in that order.
@@ -97,16 +126,65 @@ class Split:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
+class SplitPlan:
+    """How ``DataBundle.all`` becomes train / validation / test: deterministic, seeded and stratified.
+
+    ``all`` holds the training source's rows first, then those of a given validation source, then those of a
+    given test source. A split that is not given is carved from the training rows: test first
+    (``test_fraction`` of them), then validation (``val_fraction``, at most ``max_validation`` rows); then
+    ``max_train_samples`` keeps a stratified subset of what is left for training.
+    """
+
+    train_rows: int  # the first rows of ``all``
+    validation_rows: int | None = None  # the rows after them: a validation file; None = carve from train
+    test_rows: int | None = None  # the last rows: a test file or the GLUE dev set; None = carve from train
+    seed: int = 42
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_validation: int | None = None
+    max_train_samples: int | None = None
+    # The ids to stratify by, when not ``all.labels``: a relabelled bundle keeps its source's own, so a file
+    # splits into the same rows whichever checkpoint reads it.
+    strata: tuple[int, ...] | None = field(default=None, repr=False)
+
+    def split(self, rows: Split, source: str) -> tuple[Split, Split, Split]:
+        """(train, validation, test) of ``rows``; a DataError when no training rows would be left."""
+        labels = np.asarray(rows.labels if self.strata is None else self.strata)
+        n = self.train_rows
+        n_val = self.validation_rows or 0
+        train = np.arange(n)
+        if self.test_rows is None:
+            train, test = _take(train, labels, _fraction_count(self.test_fraction, n), self.seed)
+        else:
+            test = np.arange(n + n_val, n + n_val + self.test_rows)
+        if self.validation_rows is None:
+            size = _fraction_count(self.val_fraction, n)
+            train, validation = _take(train, labels, min(size, self.max_validation or size), self.seed)
+        else:
+            validation = np.arange(n, n + n_val)
+        if len(train) < 1:
+            raise DataError(f"{source}: {n} rows are too few to split into train / validation / test; add rows or "
+                            "lower val_fraction / test_fraction (trace or evaluate every row with --split all)")
+        if self.max_train_samples is not None and self.max_train_samples < len(train):
+            _, keep = _take(np.arange(len(train)), labels[train], self.max_train_samples, self.seed)
+            train = train[keep]
+        return rows.subset(train), rows.subset(validation), rows.subset(test)
+
+
+@dataclass(frozen=True, eq=False)
 class DataBundle:
-    """A dataset ready for training: three splits plus the label names and the task metric."""
+    """A dataset: every row of its source, the label names, the task metric, and how it splits.
+
+    ``train``, ``validation`` and ``test`` are computed on first use (by ``plan``), so ``split("all")`` works
+    for a source too small to split.
+    """
 
     name: str  # the spec it was loaded from: "bbc", "glue/sst2" (canonical task name) or the file path
     label_names: list[str]  # index = label id
     metric: str  # "accuracy" | "f1" | "mcc"
-    train: Split
-    validation: Split
-    test: Split
+    all: Split  # every row, in source order (GLUE: train rows, then dev rows)
+    plan: SplitPlan = field(repr=False)
 
     @property
     def num_labels(self) -> int:
@@ -114,19 +192,59 @@ class DataBundle:
 
     @property
     def is_pair(self) -> bool:
-        return self.train.text_pairs is not None
+        return self.all.text_pairs is not None
+
+    @property
+    def labelled(self) -> bool:
+        """False for a file without a label column: its labels are all ``UNLABELLED`` (-1)."""
+        return self.all.labelled
+
+    @cached_property
+    def _splits(self) -> dict[str, Split]:
+        return dict(zip(SPLIT_NAMES, self.plan.split(self.all, self.name)))
+
+    @property
+    def train(self) -> Split:
+        return self._splits["train"]
+
+    @property
+    def validation(self) -> Split:
+        return self._splits["validation"]
+
+    @property
+    def test(self) -> Split:
+        return self._splits["test"]
 
     def split(self, name: str) -> Split:
-        """Return the split called ``name`` ("train", "validation" or "test").
+        """Return the split called ``name``: "train", "validation", "test", or "all" (every row).
 
         Raises
         ------
         DataError
-            If ``name`` is not one of the three split names.
+            If ``name`` is not one of ``TRACE_SPLITS``, or the source has too few rows to split.
         """
-        if name not in SPLIT_NAMES:
-            raise DataError(f"{self.name}: unknown split {name!r}; choose one of {', '.join(SPLIT_NAMES)}")
-        return getattr(self, name)
+        if name not in TRACE_SPLITS:
+            raise DataError(f"{self.name}: unknown split {name!r}; choose one of {', '.join(TRACE_SPLITS)}")
+        return self.all if name == "all" else self._splits[name]
+
+    def relabel(self, label_names: Sequence[str]) -> DataBundle:
+        """This data with its labels mapped, by name, to their ids in ``label_names`` (see ``class_ids``).
+
+        The rows and their split are unchanged (stratified by the source's own ids); unlabelled rows stay -1.
+
+        Raises
+        ------
+        DataError
+            Naming the classes that ``label_names`` lacks.
+        """
+        ids = class_ids(self.label_names, label_names)
+        unknown = [n for n, i in zip(self.label_names, ids) if i is None]
+        if unknown:
+            raise DataError(f"{self.name}: classes {class_list(unknown)} are not among {class_list(label_names)}")
+        labels = [label if label == UNLABELLED else ids[label] for label in self.all.labels]
+        strata = self.plan.strata if self.plan.strata is not None else tuple(self.all.labels)
+        return DataBundle(self.name, list(label_names), self.metric, Split(self.all.texts, self.all.text_pairs, labels),
+                          dataclasses.replace(self.plan, strata=strata))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,8 +263,11 @@ def load_data(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_train_samples: int | None = None,
+    validation_data: str | Path | None = None,
+    test_data: str | Path | None = None,
+    training: bool = True,
 ) -> DataBundle:
-    """Load a dataset and split it deterministically into train / validation / test.
+    """Load a dataset whole and split it deterministically into train / validation / test.
 
     Parameters
     ----------
@@ -156,8 +277,8 @@ def load_data(
         ``.json`` file.
     data_dir : str or Path, optional
         For ``glue/<task>``: the folder holding GLUE's task folders (``SST-2/``, ``CoLA/``, ...) or the task
-        folder itself; without it the task is fetched from the Hugging Face hub. For a relative file path:
-        the folder the path is relative to.
+        folder itself; without it the task is fetched from the Hugging Face hub. For a relative file path
+        (``spec``, ``validation_data``, ``test_data``): the folder the path is relative to.
     text_columns : sequence of str or int, optional
         File specs only. One column (single-sentence task) or two (pair task), by name or 0-based index.
         Default: the first of ``text``, ``sentence``, ``sentence1`` present, paired with ``sentence2`` or
@@ -171,11 +292,21 @@ def load_data(
     seed : int
         Seed of every split and subsample.
     val_fraction, test_fraction : float
-        Shares of the rows for validation and test (bbc and files; for GLUE, ``val_fraction`` of train is
-        carved out as validation, capped at ``GLUE_MAX_VALIDATION`` rows, and ``test_fraction`` is unused
-        because the GLUE dev set is the test split).
+        Shares of the training source's rows carved out for validation and test when those splits have no
+        source of their own (for GLUE, validation is capped at ``GLUE_MAX_VALIDATION`` rows and the dev set
+        is the test split).
     max_train_samples : int, optional
         Keep a seeded stratified subset of this many training rows (validation and test are untouched).
+    validation_data, test_data : str or Path, optional
+        File specs only: separate validation / test files, read with the same column options. The class
+        vocabulary is the training file's; these files may hold some of its classes but no others. With a
+        test file and no validation file, validation is carved from the training file (and vice versa);
+        with both, every row of the training file trains.
+    training : bool
+        True (training data): a label column and at least two classes are required, and the split is made
+        (and checked) now. False (data to be scored by a trained model): a file may hold a single class, or
+        have no label column -- then every label is ``UNLABELLED`` (-1) and ``label_names`` is empty -- and
+        the split is made on first use, so ``split("all")`` works for any number of rows.
 
     Returns
     -------
@@ -197,32 +328,76 @@ def load_data(
     kind = _spec_kind(spec)
     if kind != "file" and (text_columns is not None or label_column is not None or header is not None):
         raise DataError(f"{spec}: text_columns, label_column and header apply only to data files, not to {spec!r}")
+    if kind != "file" and (validation_data is not None or test_data is not None):
+        raise DataError(f"{spec}: separate validation / test files go with a training file, not with {spec!r}; "
+                        "pass --data <train file>")
+    splitting = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+                 "max_train_samples": max_train_samples}
 
     if kind == "bbc":
         name, metric = "bbc", "accuracy"
         texts, labels, label_names = _read_bbc()
-        train, validation, test = _split_rows(name, _Rows(texts, None, labels), seed, val_fraction, test_fraction)
+        rows, plan = Split(texts, None, labels), SplitPlan(len(texts), **splitting)
     elif kind == "glue":
         task = _glue_task(spec)
         name, metric, label_names = f"glue/{task.name}", task.metric, list(task.label_names)
         train_rows, dev_rows = _read_glue(task, data_dir)
-        n_val = min(_fraction_count(val_fraction, len(train_rows)), GLUE_MAX_VALIDATION)
-        train_idx, val_idx = _take(np.arange(len(train_rows)), np.asarray(train_rows.labels), n_val, seed)
-        _check_train_left(name, len(train_idx))
-        train, validation = train_rows.split(train_idx), train_rows.split(val_idx)
-        test = Split(dev_rows.texts, dev_rows.text_pairs, dev_rows.labels)  # the GLUE dev set
+        rows = _concat([train_rows, dev_rows])
+        plan = SplitPlan(len(train_rows), test_rows=len(dev_rows), max_validation=GLUE_MAX_VALIDATION, **splitting)
     else:
-        name, metric = spec, "accuracy"
-        path = Path(spec).expanduser()
-        if data_dir is not None and not path.is_absolute():
-            path = Path(data_dir).expanduser() / path
-        rows, label_names = _read_user_file(path, text_columns, label_column, header)
-        train, validation, test = _split_rows(str(path), rows, seed, val_fraction, test_fraction)
+        name, metric, path = spec, "accuracy", _user_path(spec, data_dir)
+        columns = {"text_columns": text_columns, "label_column": label_column, "header": header}
+        rows, label_names = _read_user_file(path, **columns, labels_optional=not training,
+                                            min_classes=2 if training else 1)
+        parts, sizes = [rows], {}
+        for role, extra in (("validation", validation_data), ("test", test_data)):
+            if extra is not None:
+                extra_path = _user_path(extra, data_dir)
+                part, names = _read_user_file(extra_path, **columns, labels_optional=False, min_classes=1)
+                parts.append(_into_training_classes(extra_path, part, names, path, rows, label_names))
+                sizes[f"{role}_rows"] = len(part)
+        rows = _concat(parts)
+        plan = SplitPlan(len(parts[0]), **sizes, **splitting)
 
-    if max_train_samples is not None and max_train_samples < len(train):
-        _, keep = _take(np.arange(len(train)), np.asarray(train.labels), max_train_samples, seed)
-        train = train.subset(keep)
-    return DataBundle(name=name, label_names=label_names, metric=metric, train=train, validation=validation, test=test)
+    bundle = DataBundle(name=name, label_names=label_names, metric=metric, all=rows, plan=plan)
+    if training:
+        bundle.split("train")  # split now: a source too small to split is refused at load, not mid-run
+    return bundle
+
+
+def reload_data(info: Mapping[str, Any], *, training: bool = True, **overrides) -> DataBundle:
+    """``load_data`` again as recorded in ``info`` (a checkpoint's data.json or a resumable run's state):
+    ``spec``, ``seed`` and the ``RECORDED_OPTIONS``; ``overrides`` that are not None replace recorded ones."""
+    kwargs = {k: info.get(k) for k in RECORDED_OPTIONS if info.get(k) is not None}
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    return load_data(info["spec"], seed=info.get("seed", 42), training=training, **kwargs)
+
+
+def class_ids(names: Sequence[str], known: Sequence[str]) -> list[int | None]:
+    """Each class name's id in ``known``, or None where ``known`` lacks it.
+
+    Names match after label cleaning (NFC, whitespace and zero-width characters stripped). When every name is
+    an integer and ``known`` are not all integers -- a file labelled 0/1 read against GLUE SST-2's
+    ``'negative', 'positive'`` -- the integers are the class ids themselves (0..K-1; others are unknown).
+
+    Parameters
+    ----------
+    names : sequence of str
+        The classes of some data (e.g. ``DataBundle.label_names``).
+    known : sequence of str
+        The classes of a model or a training file, in id order.
+
+    Returns
+    -------
+    list of int or None
+    """
+    def is_int(name: str) -> bool:
+        return re.fullmatch(r"-?\d+", name) is not None
+
+    if names and all(is_int(n) for n in names) and not all(is_int(k) for k in known):
+        return [int(n) if 0 <= int(n) < len(known) else None for n in names]
+    index = {_clean_label(k): i for i, k in enumerate(known)}
+    return [index.get(_clean_label(n)) for n in names]
 
 
 def compute_metric(metric: str, labels: Sequence[int], preds: Sequence[int]) -> float:
@@ -264,19 +439,12 @@ def compute_metric(metric: str, labels: Sequence[int], preds: Sequence[int]) -> 
 # ---------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Rows:
-    """All rows of a source before splitting."""
-
-    texts: list[str]
-    text_pairs: list[str] | None
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def split(self, indices: Sequence[int]) -> Split:
-        return Split(self.texts, self.text_pairs, self.labels).subset(indices)
+def _concat(parts: Sequence[Split]) -> Split:
+    """The rows of ``parts`` one after the other."""
+    if len(parts) == 1:
+        return parts[0]
+    pairs = None if parts[0].text_pairs is None else [t for p in parts for t in p.text_pairs]
+    return Split([t for p in parts for t in p.texts], pairs, [label for p in parts for label in p.labels])
 
 
 def _fraction_count(fraction: float, n: int) -> int:
@@ -302,29 +470,6 @@ def _take(indices: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tupl
     return np.sort(rest), np.sort(taken)
 
 
-def _check_train_left(source: str, n_train: int) -> None:
-    if n_train < 1:
-        raise DataError(f"{source}: too few rows to split; add rows or lower val_fraction / test_fraction")
-
-
-def _split_rows(
-    source: str, rows: _Rows, seed: int, val_fraction: float, test_fraction: float
-) -> tuple[Split, Split, Split]:
-    """Seeded stratified train / validation / test split of all rows."""
-    n = len(rows)
-    n_test, n_val = _fraction_count(test_fraction, n), _fraction_count(val_fraction, n)
-    _check_train_left(source, n - n_test - n_val)
-    labels = np.asarray(rows.labels)
-    rest, test_idx = _take(np.arange(n), labels, n_test, seed)
-    train_idx, val_idx = _take(rest, labels, n_val, seed)
-    return rows.split(train_idx), rows.split(val_idx), rows.split(test_idx)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Spec dispatch
-# ---------------------------------------------------------------------------------------------------------
-
-
 def _spec_kind(spec: str) -> str:
     """Which loader a spec means: ``"bbc"``, ``"glue"`` or ``"file"`` (anything else is a path)."""
     if not isinstance(spec, str) or not spec.strip():
@@ -334,6 +479,14 @@ def _spec_kind(spec: str) -> str:
     if re.fullmatch(r"glue/[a-z0-9_-]+", spec.strip(), flags=re.IGNORECASE):
         return "glue"
     return "file"
+
+
+def _user_path(spec: str | Path, data_dir: str | Path | None) -> Path:
+    """A data file's path: as given (relative to the working directory), or relative to ``data_dir``."""
+    path = Path(spec).expanduser()
+    if data_dir is not None and not path.is_absolute():
+        path = Path(data_dir).expanduser() / path
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,7 +579,7 @@ def _glue_task(spec: str) -> _GlueTask:
     return _GLUE_TASKS[key]
 
 
-def _read_glue(task: _GlueTask, data_dir: str | Path | None) -> tuple[_Rows, _Rows]:
+def _read_glue(task: _GlueTask, data_dir: str | Path | None) -> tuple[Split, Split]:
     """(train rows, dev rows) of a GLUE task, from GLUE TSVs under ``data_dir`` or from the hub."""
     if data_dir is None:
         return _read_glue_hub(task)
@@ -455,7 +608,7 @@ def _glue_folder(task: _GlueTask, data_dir: Path) -> Path:
                     f"{data_dir / task.folder / 'train.tsv'} and {data_dir / task.folder / task.dev_file}")
 
 
-def _read_glue_tsv(task: _GlueTask, file: Path) -> _Rows:
+def _read_glue_tsv(task: _GlueTask, file: Path) -> Split:
     """Read one GLUE TSV (no quoting); labels map by name or by integer id."""
     names, columns, line_numbers = _read_delimited(file, "\t", quote=False, header=task.header,
                                                    skip_malformed=task.skip_malformed)
@@ -467,7 +620,7 @@ def _read_glue_tsv(task: _GlueTask, file: Path) -> _Rows:
     label_of.update({str(i): i for i in range(len(task.label_names))})
     keep, labels = [], []
     for row, value in enumerate(columns[label_key]):
-        label = label_of.get(value.strip())
+        label = label_of.get(_clean_label(value))
         if label is None:
             if task.skip_malformed:
                 continue
@@ -476,10 +629,10 @@ def _read_glue_tsv(task: _GlueTask, file: Path) -> _Rows:
         keep.append(row)
         labels.append(label)
     texts = [[columns[k][row].strip() for row in keep] for k in keys]
-    return _Rows(texts[0], texts[1] if len(texts) > 1 else None, labels)
+    return Split(texts[0], texts[1] if len(texts) > 1 else None, labels)
 
 
-def _read_glue_hub(task: _GlueTask) -> tuple[_Rows, _Rows]:
+def _read_glue_hub(task: _GlueTask) -> tuple[Split, Split]:
     """Fetch a GLUE task from the Hugging Face hub (needs network); the hub's validation set is our test."""
     try:
         import datasets
@@ -489,7 +642,7 @@ def _read_glue_hub(task: _GlueTask) -> tuple[_Rows, _Rows]:
         for split in ("train", task.hf_test_split):
             texts = [[str(t) for t in dataset[split][c]] for c in task.hf_columns]
             labels = [int(v) for v in dataset[split]["label"]]
-            parts.append(_Rows(texts[0], texts[1] if len(texts) > 1 else None, labels))
+            parts.append(Split(texts[0], texts[1] if len(texts) > 1 else None, labels))
     except Exception as exc:  # offline, hub down, cache corrupt: all the same to the user
         raise DataError(f"glue/{task.name}: could not load it from the Hugging Face hub ({type(exc).__name__}: "
                         f"{one_line(exc)}); offline? pass --data-dir pointing at a GLUE folder holding "
@@ -507,8 +660,15 @@ def _read_user_file(
     text_columns: Sequence[str | int] | str | int | None,
     label_column: str | int | None,
     header: bool | None,
-) -> tuple[_Rows, list[str]]:
-    """Read a CSV / TSV / Parquet / JSONL file into rows with label ids, and the sorted label names."""
+    *,
+    labels_optional: bool,
+    min_classes: int,
+) -> tuple[Split, list[str]]:
+    """Read a CSV / TSV / Parquet / JSONL file into rows with label ids, and the sorted label names.
+
+    With ``labels_optional``, a file without a label column (none given, none of the default names present)
+    comes back with every label ``UNLABELLED`` and no label names.
+    """
     if isinstance(text_columns, (str, int)):
         text_columns = [text_columns]
     if text_columns is not None and not 1 <= len(text_columns) <= 2:
@@ -518,7 +678,7 @@ def _read_user_file(
         header = not given or any(not _is_index(c) for c in given)
     names, columns, line_numbers = _read_table(path, header)
 
-    text_keys, label_key = _choose_columns(path, names, len(columns), text_columns, label_column)
+    text_keys, label_key = _choose_columns(path, names, len(columns), text_columns, label_column, labels_optional)
     if label_key in text_keys:
         raise DataError(f"{path}: column {_column_name(names, label_key)} is used as both text and label; "
                         "pass a different --label-column")
@@ -527,8 +687,28 @@ def _read_user_file(
         return f"data row {row + 1}" + (f" (line {line_numbers[row]})" if line_numbers is not None else "")
 
     texts = [_texts(path, names, k, columns[k], where) for k in text_keys]
-    labels, label_names = _labels(path, names, label_key, columns[label_key], where)
-    return _Rows(texts[0], texts[1] if len(texts) > 1 else None, labels), label_names
+    if label_key is None:
+        labels, label_names = [UNLABELLED] * len(texts[0]), []
+    else:
+        labels, label_names = _labels(path, names, label_key, columns[label_key], where, min_classes)
+    return Split(texts[0], texts[1] if len(texts) > 1 else None, labels), label_names
+
+
+def _into_training_classes(path: Path, rows: Split, names: list[str], train_path: Path, train: Split,
+                           train_names: list[str]) -> Split:
+    """A validation / test file's rows with labels mapped to the training file's ids (some classes may be
+    absent; unknown ones are refused), and the same number of text columns."""
+    if (rows.text_pairs is None) != (train.text_pairs is None):
+        counts = ["1 text column" if r.text_pairs is None else "2 text columns (a pair)" for r in (rows, train)]
+        raise DataError(f"{path}: has {counts[0]} but the training file {train_path} has {counts[1]}; "
+                        "give both files the same text columns (or pass --text-column)")
+    ids = class_ids(names, train_names)
+    unknown = [n for n, i in zip(names, ids) if i is None]
+    if unknown:
+        raise DataError(f"{path}: has classes the training file {train_path} lacks: {class_list(unknown)}; the "
+                        f"training file has {class_list(train_names)}; drop those rows or add the classes to the "
+                        "training file")
+    return Split(rows.texts, rows.text_pairs, [ids[label] for label in rows.labels])
 
 
 def read_columns(path: str | Path, *, header: bool = True) -> tuple[list[str] | None, list[list[Any]]]:
@@ -736,8 +916,10 @@ def _choose_columns(
     n_columns: int,
     text_columns: Sequence[str | int] | None,
     label_column: str | int | None,
-) -> tuple[list[int], int]:
-    """Positions of the text column(s) and the label column, given or found by their default names."""
+    label_optional: bool = False,
+) -> tuple[list[int], int | None]:
+    """Positions of the text column(s) and the label column, given or found by their default names; with
+    ``label_optional``, None for a file with no label column (none given, no default name present)."""
 
     def default(candidates: Sequence[str], role: str) -> int:
         if names is None:
@@ -756,7 +938,9 @@ def _choose_columns(
             text_keys.append(names.index(pair[0]))
     else:
         text_keys = [_column_index(path, names, n_columns, c, "text") for c in text_columns]
-    if label_column is None:
+    if label_column is None and label_optional and not set(DEFAULT_LABEL_COLUMNS) & set(names or ()):
+        label_key = None
+    elif label_column is None:
         label_key = default(DEFAULT_LABEL_COLUMNS, "label")
     else:
         label_key = _column_index(path, names, n_columns, label_column, "label")
@@ -770,20 +954,54 @@ def _is_missing(value: Any) -> bool:
     return bool(np.ndim(value) == 0 and pd.isna(value))
 
 
-def _first_missing(
-    path: Path, names: list[str] | None, key: int, values: list[Any], what: str, where: Callable[[int], str]
-) -> None:
-    """Raise naming the first empty or missing value of a column, and how many there are."""
-    bad = [i for i, v in enumerate(values) if _is_missing(v)]
+def _is_missing_label(value: Any) -> bool:
+    """A missing value, or a string that spells one ("nan", "NA", "N/A", "null", "None", zero-width only)."""
+    return _is_missing(value) or (isinstance(value, str) and _clean_label(value).lower() in MISSING_LABELS)
+
+
+def _clean_label(text: str) -> str:
+    """A label as one spelling: Unicode NFC, zero-width characters deleted, whitespace stripped."""
+    return unicodedata.normalize("NFC", text.translate(_ZERO_WIDTH)).strip()
+
+
+def _cell_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _cell_kind(value: Any) -> str | None:
+    """What a JSON / Parquet cell holds when it is not one text or number: "boolean", "dict" or "list"."""
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, (list, tuple, set, np.ndarray)):
+        return "list"
+    return None
+
+
+def _check_cells(path: Path, names: list[str] | None, key: int, values: list[Any], what: str,
+                 where: Callable[[int], str]) -> None:
+    """Raise naming the first empty or missing value of a column (and how many there are), or the first cell
+    that holds a list, dict or boolean instead of one value."""
+    missing = _is_missing_label if what == "labels" else _is_missing
+    bad = [i for i, v in enumerate(values) if missing(v)]
     if bad:
+        spelled = f" ({shorten(values[bad[0]])})" if isinstance(values[bad[0]], str) and values[bad[0]].strip() else ""
         raise DataError(f"{path}: column {_column_name(names, key)} has {len(bad)} empty or missing {what}, "
-                        f"the first at {where(bad[0])}; fill in or drop those rows")
+                        f"the first at {where(bad[0])}{spelled}; fill in or drop those rows")
+    for i, value in enumerate(values):
+        kind = _cell_kind(value)
+        if kind is not None:
+            shown = shorten(value.tolist() if isinstance(value, np.ndarray) else value)
+            one = "text" if what == "texts" else "string or integer"
+            raise DataError(f"{path}: column {_column_name(names, key)} holds a {kind} at {where(i)} ({shown}); "
+                            f"each cell must be one {one}: fix that row or choose another column")
 
 
 def _texts(path: Path, names: list[str] | None, key: int, values: list[Any], where: Callable[[int], str]) -> list[str]:
     """Text fields as stripped strings (numbers become strings); empty or missing texts are an error."""
-    _first_missing(path, names, key, values, "texts", where)
-    return [(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).strip() for v in values]
+    _check_cells(path, names, key, values, "texts", where)
+    return [_cell_text(v).strip() for v in values]
 
 
 def _as_int(value: Any) -> int | None:
@@ -806,21 +1024,26 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _labels(path: Path, names: list[str] | None, key: int, values: list[Any], where: Callable[[int], str]
-) -> tuple[list[int], list[str]]:
-    """Label ids and names: names are the sorted unique values (integers sorted numerically)."""
-    _first_missing(path, names, key, values, "labels", where)
+def _labels(path: Path, names: list[str] | None, key: int, values: list[Any], where: Callable[[int], str],
+            min_classes: int) -> tuple[list[int], list[str]]:
+    """Label ids and names: names are the sorted unique cleaned values (integers sorted numerically)."""
+    _check_cells(path, names, key, values, "labels", where)
+    values = [_clean_label(v) if isinstance(v, str) else v for v in values]
     as_ints = [_as_int(v) for v in values]
     if all(v is not None for v in as_ints):
         classes = sorted(set(as_ints))
         label_names = [str(c) for c in classes]
         keys = as_ints
     else:
-        keys = [str(v).strip() for v in values]
+        keys = [_clean_label(_cell_text(v)) for v in values]
         label_names = classes = sorted(set(keys))
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise DataError(f"{path}: column {_column_name(names, key)} holds a single class ({shorten(label_names[0])}); "
                         "a classifier needs at least 2 classes: check --label-column or add rows of other classes")
     index = {c: i for i, c in enumerate(classes)}
     return [index[k] for k in keys], label_names
 
+
+def class_list(names: Sequence[str]) -> str:
+    """A few class names, quoted, for a message (a wrong label column can hold thousands of values)."""
+    return name_list(names, limit=8, width=30, quote=True)

@@ -6,7 +6,10 @@ A trace directory holds
     samples.parquet  sample_id, text, (text_pair), label, n_tokens
     embeddings.npy   (L, N, d_p) float16: every layer's prototype-space embedding, for projections
     prototypes.npy   (L, K, d_p) float32: the class prototypes, projected with the samples
-    meta.json        label names, layers, checkpoint, data, split, metric, cost model, package versions
+    meta.json        label names, layers, checkpoint, data, split, metric, labelled, cost model, package versions
+
+A trace of a file without labels is prediction-only: ``label`` is -1 and ``correct`` False in every row, and
+meta.json says ``"labelled": false`` (``Trace.labelled``).
 
 The schema is defined here once and checked on every read. Writing streams in chunks of samples (bounded
 memory) into a temporary folder that is renamed into place at the end; under torchrun the chunks are shared
@@ -32,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, batching
 from .cost import CostModel
+from .data import UNLABELLED
 from .distributed import Dist
 from .errors import DE3Error
 from .io import atomic_dir
@@ -68,9 +72,12 @@ def trace_schema(num_labels: int) -> pa.Schema:
     return pa.schema([(name, pa.from_numpy_dtype(np.dtype(t))) for name, t in types.items()])
 
 
-def validate(table: pd.DataFrame, num_layers: int, num_labels: int, source: str = "trace") -> pd.DataFrame:
+def validate(table: pd.DataFrame, num_layers: int, num_labels: int, source: str = "trace",
+             labelled: bool = True) -> pd.DataFrame:
     """Check columns, dtypes, and that every sample has layers 1..L exactly once, in order.
 
+    ``pred`` must lie in 0..K-1, and so must ``label`` -- unless the trace is unlabelled (``labelled=False``,
+    a prediction-only trace of a file without labels): then every ``label`` is -1 and every ``correct`` False.
     Returns the table unchanged; raises ``TraceError`` naming the first problem.
     """
     expected = {**TRACE_COLUMNS, **{c: "float32" for c in class_columns(num_labels)}}
@@ -89,10 +96,13 @@ def validate(table: pd.DataFrame, num_layers: int, num_labels: int, source: str 
     ids = table["sample_id"].to_numpy().reshape(-1, num_layers)
     if not (ids == ids[:, :1]).all() or (np.diff(ids[:, 0]) <= 0).any():
         raise TraceError(f"{source}: rows must be grouped by sample_id in increasing order; re-create the trace with `python -m analysis trace`")
-    for name in ("label", "pred"):
+    for name in ("label", "pred") if labelled else ("pred",):
         values = table[name].to_numpy()
         if values.min() < 0 or values.max() >= num_labels:
             raise TraceError(f"{source}: column {name} has values outside 0..{num_labels - 1}; re-create the trace with `python -m analysis trace`")
+    if not labelled and ((table["label"] != UNLABELLED).any() or table["correct"].any()):
+        raise TraceError(f"{source}: an unlabelled trace (meta.json \"labelled\": false) must have label -1 and "
+                         "correct False in every row; re-create the trace with `python -m analysis trace`")
     return table
 
 
@@ -147,6 +157,11 @@ class Trace:
     @property
     def metric(self) -> str:
         return self.meta.get("metric", "accuracy")
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the samples have labels (a prediction-only trace of an unlabelled file has label -1)."""
+        return bool(self.meta.get("labelled", True))
 
     @property
     def num_samples(self) -> int:
@@ -219,7 +234,8 @@ def load_trace(folder: str | Path) -> Trace:
     for key in ("num_layers", "label_names", "cost_model"):
         if key not in meta:
             raise TraceError(f"{folder / META_FILE}: no {key!r}; re-create the trace")
-    validate(table, int(meta["num_layers"]), len(meta["label_names"]), source=str(folder / TRACE_FILE))
+    validate(table, int(meta["num_layers"]), len(meta["label_names"]), source=str(folder / TRACE_FILE),
+             labelled=bool(meta.get("labelled", True)))  # traces from before the key are labelled
     if len(samples) * int(meta["num_layers"]) != len(table) or not {"sample_id", "label", "n_tokens"} <= set(samples.columns):
         raise TraceError(f"{folder / SAMPLES_FILE}: does not match trace.parquet (sample count or columns)")
     return Trace(table, samples, meta, folder)
@@ -285,6 +301,8 @@ def write_trace(
     length so little compute goes to padding. Each chunk's rows are appended to trace.parquet and
     samples.parquet and its embeddings written into their place in embeddings.npy, so memory stays bounded
     however large the split. ``on_progress(done, total)`` is called after every batch (for a UI's progress bar).
+    A split whose labels are all -1 (a file without labels) makes a prediction-only trace: meta.json says
+    ``"labelled": false``.
 
     With ``ctx`` of several processes (torchrun), each process traces a contiguous run of whole chunks into a
     part folder and rank 0 concatenates the parts in sample order. Batches never cross a chunk, so the merged
@@ -301,6 +319,7 @@ def write_trace(
     if len(label_names) != num_labels:
         raise DE3Error(f"the data has {len(label_names)} classes, the model {num_labels}; trace with matching data")
     is_pair = split.text_pairs is not None
+    labelled = UNLABELLED not in split.labels
     chunks = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
     mine = [chunks[i] for i in np.array_split(np.arange(len(chunks)), ctx.world_size)[ctx.rank]]
     with _shared_atomic_dir(out_dir, ctx) as tmp:
@@ -341,6 +360,7 @@ def write_trace(
                 "num_samples": n,
                 "metric": metric,
                 "is_pair": is_pair,
+                "labelled": labelled,
                 "model": model.config.to_dict(),
                 "cost_model": CostModel.from_model(model).to_dict(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -418,7 +438,7 @@ def _versions() -> dict[str, str]:
 def trace_from_outputs(
     logits: np.ndarray,
     distances: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None = None,
     *,
     n_tokens: np.ndarray | None = None,
     label_names: list[str] | None = None,
@@ -427,13 +447,15 @@ def trace_from_outputs(
     texts: list[str] | None = None,
 ) -> Trace:
     """An in-memory ``Trace`` from per-layer logits and distances, each (L, N, K) — for tests, synthetic
-    benchmarks and notebooks. Signals are computed by the same code as a real trace."""
+    benchmarks and notebooks. Signals are computed by the same code as a real trace. Without ``labels`` the
+    trace is unlabelled (label -1, correct False, ``labelled`` False), like a trace of a file without labels."""
     from .model import DE3Output
 
     logits_t = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     dist_t = torch.as_tensor(np.asarray(distances, dtype=np.float32))
     num_layers, n, num_labels = logits_t.shape
-    labels = np.asarray(labels, dtype=np.int64)
+    labelled = labels is not None
+    labels = np.asarray(labels, dtype=np.int64) if labelled else np.full(n, UNLABELLED, dtype=np.int64)
     out = DE3Output(logits_t, torch.zeros(num_layers, n, 1), dist_t)
     table = pd.DataFrame(_rows(out, labels, np.arange(n)))
     n_tokens = np.full(n, 16, dtype=np.int32) if n_tokens is None else np.asarray(n_tokens, dtype=np.int32)
@@ -442,6 +464,7 @@ def trace_from_outputs(
                             "text": texts if texts is not None else [f"sample {i}" for i in range(n)],
                             "label": labels.astype(np.int16), "n_tokens": n_tokens})
     meta = {"schema_version": SCHEMA_VERSION, "label_names": label_names or [str(k) for k in range(num_labels)],
-            "num_layers": num_layers, "num_samples": n, "metric": metric, "is_pair": False, "cost_model": cost.to_dict()}
-    validate(table, num_layers, num_labels, source="synthetic trace")
+            "num_layers": num_layers, "num_samples": n, "metric": metric, "is_pair": False, "labelled": labelled,
+            "cost_model": cost.to_dict()}
+    validate(table, num_layers, num_labels, source="synthetic trace", labelled=labelled)
     return Trace(table, samples, meta)

@@ -187,14 +187,17 @@ def train(
     Parameters
     ----------
     model_config, train_config : what to build and how to train it.
-    data : a ``DataBundle``; its validation split picks the best epoch, its test split is scored at the end.
+    data : a labelled ``DataBundle``; its validation split picks the best epoch, its test split is scored at the end.
     out_dir : checkpoint folder (config.json, model.safetensors, tokenizer, train_config.json, metrics.json).
     device : "auto" (CUDA when present; under torchrun, each process its own GPU), "cpu" or "cuda".
-    data_info : how the data was loaded (spec, data_dir, columns), saved so later commands can reload it.
+    data_info : how the data was loaded (spec, seed and ``data.RECORDED_OPTIONS``: data_dir, columns, separate
+        validation / test files ...), saved in data.json so later commands reload the same splits.
     log : where the per-epoch lines go (``print`` by default; only rank 0 logs).
     resume : continue the interrupted run whose state is in ``<out>.resume/`` (same configs and data).
     on_step : called with the step number after every optimiser step (and after any state save).
     """
+    if not data.labelled:
+        raise DE3Error(f"{data.name}: has no labels; training needs a label column (pass --label-column)")
     with process_group(device) as (ctx, dev):
         return _train(model_config, train_config, data, Path(out_dir), ctx, dev, data_info=data_info,
                       progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet, resume=resume, on_step=on_step)

@@ -15,11 +15,15 @@ import pytest
 
 from analysis.data import (
     GLUE_MAX_VALIDATION,
+    TRACE_SPLITS,
+    UNLABELLED,
     DataBundle,
     Split,
     _read_bbc,
+    class_ids,
     compute_metric,
     load_data,
+    reload_data,
 )
 from analysis.errors import DataError
 
@@ -237,6 +241,179 @@ def test_deterministic_and_tiny_class_does_not_crash(tmp_path):
 def test_relative_path_with_data_dir(tmp_path):
     write(tmp_path / "sub" / "r.csv", "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in sentiment_rows(20)))
     assert sum(rows_of(load_data("r.csv", data_dir=tmp_path / "sub")).values()) == 20
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A source whole ("all"), separate validation / test files, labels by name, unlabelled files
+# ---------------------------------------------------------------------------------------------------------
+
+
+def csv_of(rows: list[tuple[str, str]], header: str = "text,label") -> str:
+    return header + "\n" + "".join(f"{t},{lab}\n" for t, lab in rows)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 25])
+def test_all_is_every_row_in_file_order_however_few(tmp_path, n):
+    rows = sentiment_rows(n)
+    path = write(tmp_path / "few.csv", csv_of(rows))
+    bundle = load_data(str(path), training=False)
+    assert TRACE_SPLITS == ("train", "validation", "test", "all")
+    everything = bundle.split("all")
+    assert everything.texts == [t for t, _ in rows]
+    assert [bundle.label_names[k] for k in everything.labels] == [lab for _, lab in rows]
+    if n == 25:  # a splittable file: the three splits partition "all"
+        assert rows_of(bundle) == Counter(as_tuples(bundle.split("all")))
+    if n <= 2:  # too few to split: only asking for a split says so, with the way out
+        with pytest.raises(DataError) as excinfo:
+            bundle.split("test")
+        assert_one_line_error(excinfo, "few.csv", "too few to split", "--split all")
+        with pytest.raises(DataError, match="too few to split" if n == 2 else "single class"):
+            load_data(str(path))  # training data is split (and refused) at load
+
+
+def test_all_of_bbc_and_glue(tmp_path):
+    bbc = load_data("bbc")
+    texts, labels, _ = _read_bbc()
+    assert bbc.split("all").texts == texts and bbc.split("all").labels == labels
+    make_glue(tmp_path, "RTE", n=40)
+    glue = load_data("glue/rte", data_dir=tmp_path)
+    everything = glue.split("all")
+    assert [t.split()[0] for t in everything.texts] == ["train"] * 40 + ["dev"] * 20  # train rows, then dev rows
+    assert [row_number(t) for t in everything.texts] == list(range(40)) + list(range(20))
+    assert everything.text_pairs[41] == "dev claim 1" and everything.labels[41] == 1
+
+
+def test_separate_test_file_carves_validation_from_train(tmp_path):
+    train_rows, test_rows = sentiment_rows(40), [(f"held out {i}", "pos") for i in range(7)]  # test: one class
+    train, test = write(tmp_path / "train.csv", csv_of(train_rows)), write(tmp_path / "test.csv", csv_of(test_rows))
+    bundle = load_data(str(train), test_data=str(test))
+    assert bundle.label_names == ["neg", "pos"]
+    assert as_tuples(bundle.test) == [(t, None, 1) for t, _ in test_rows]  # the file, in order, in train's ids
+    assert len(bundle.validation) == 4 and len(bundle.train) == 36  # val_fraction of the training file
+    assert Counter(bundle.train.texts + bundle.validation.texts) == Counter(t for t, _ in train_rows)
+    assert sorted(Counter(bundle.validation.labels).values()) == [2, 2]  # stratified
+    assert bundle.split("all").texts == [t for t, _ in train_rows + test_rows]
+    again = reload_data({"spec": str(train), "seed": 42, "test_data": str(test)})
+    assert all(as_tuples(again.split(s)) == as_tuples(bundle.split(s)) for s in TRACE_SPLITS)
+
+
+def test_separate_validation_and_test_files(tmp_path):
+    rows = sentiment_rows(30)
+    train = write(tmp_path / "sub" / "train.csv", csv_of(rows[:20]))
+    val = write(tmp_path / "sub" / "val.csv", csv_of(rows[20:25]))
+    test = write(tmp_path / "sub" / "test.tsv", "text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows[25:]))
+    bundle = load_data("train.csv", data_dir=tmp_path / "sub", validation_data="val.csv", test_data="test.tsv")
+    assert [r[0] for r in as_tuples(bundle.train)] == [t for t, _ in rows[:20]]  # every training row trains
+    assert [r[0] for r in as_tuples(bundle.validation)] == [t for t, _ in rows[20:25]]
+    assert [r[0] for r in as_tuples(bundle.test)] == [t for t, _ in rows[25:]]
+    assert bundle.name == "train.csv" and all(p.exists() for p in (train, val, test))
+    # validation file only: test is carved from the training file
+    only_val = load_data(str(train), validation_data=str(val))
+    assert len(only_val.test) == 2 and len(only_val.train) == 18 and len(only_val.validation) == 5
+
+
+def test_separate_files_are_checked(tmp_path):
+    train = write(tmp_path / "train.csv", csv_of(sentiment_rows(20)))
+    extra = write(tmp_path / "extra.csv", csv_of([("a", "pos"), ("b", "meh"), ("c", "odd")]))
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(train), test_data=str(extra))
+    assert_one_line_error(excinfo, "extra.csv", "classes the training file", "lacks: 'meh', 'odd'", "'neg', 'pos'")
+    pairs = write(tmp_path / "pairs.csv", "sentence1,sentence2,label\na,b,pos\n")
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(train), validation_data=str(pairs))
+    assert_one_line_error(excinfo, "pairs.csv", "2 text columns", "1 text column")
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(train), test_data=str(write(tmp_path / "nolabel.csv", "text\na\n")))
+    assert_one_line_error(excinfo, "nolabel.csv", "no label column found")
+    with pytest.raises(DataError, match="separate validation / test files go with a training file"):
+        load_data("bbc", test_data=str(train))
+    ints = write(tmp_path / "ints.csv", csv_of([("a", "1"), ("b", "0"), ("c", "1")]))  # class ids of neg / pos
+    assert load_data(str(train), test_data=str(ints)).test.labels == [1, 0, 1]
+
+
+def test_class_ids_by_name_or_integer_id():
+    assert class_ids(["pos", "neg"], ["neg", "neutral", "pos"]) == [2, 0]
+    assert class_ids(["pos", "zzz"], ["neg", "pos"]) == [1, None]
+    assert class_ids(["0", "1", "2"], ["negative", "positive"]) == [0, 1, None]  # integers are ids for named classes
+    assert class_ids(["2", "5"], ["1", "2", "5"]) == [1, 2]  # integer classes match by name
+    assert class_ids(["cafe\u0301", " pos\u200b"], ["café", "pos"]) == [0, 1]  # cleaned on both sides
+
+
+def test_relabel_maps_ids_and_keeps_the_split(tmp_path):
+    rows = [(f"t{i}", "abc"[i % 3]) for i in range(60)]
+    bundle = load_data(str(write(tmp_path / "abc.csv", csv_of(rows))), training=False)
+    mapped = bundle.relabel(["c", "x", "b", "a"])  # another order, and a class the data lack
+    assert mapped.label_names == ["c", "x", "b", "a"]
+    assert mapped.split("all").labels == [[3, 2, 0][i % 3] for i in range(60)]
+    for name in ("train", "validation", "test"):  # the same rows as the source's own split
+        assert mapped.split(name).texts == bundle.split(name).texts
+        assert [mapped.label_names[k] for k in mapped.split(name).labels] == \
+               [bundle.label_names[k] for k in bundle.split(name).labels]
+    with pytest.raises(DataError, match="classes 'c' are not among 'a', 'b'"):
+        bundle.relabel(["a", "b"])
+
+
+def test_a_file_without_labels_loads_unlabelled_only_for_scoring(tmp_path):
+    path = write(tmp_path / "plain.csv", "id,text\n" + "".join(f"{i},text {i}\n" for i in range(12)))
+    bundle = load_data(str(path), training=False)
+    assert not bundle.labelled and bundle.label_names == []
+    assert bundle.split("all").labels == [UNLABELLED] * 12 and not bundle.split("test").labelled
+    assert bundle.relabel(["neg", "pos"]).split("all").labels == [UNLABELLED] * 12
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(path))  # training data must have labels: today's message
+    assert_one_line_error(excinfo, "plain.csv", "no label column found (looked for label, labels, target, class)",
+                          "--label-column")
+    with pytest.raises(DataError, match="no label column 'y'"):
+        load_data(str(path), label_column="y", training=False)  # a label column asked for must exist
+    holes = write(tmp_path / "holes.csv", "text,label\na,pos\nb,\nc,neg\n")
+    with pytest.raises(DataError, match="1 empty or missing labels"):
+        load_data(str(holes), training=False)  # some labels missing is an error, not "unlabelled"
+    one_class = write(tmp_path / "one.csv", "text,label\na,pos\nb,pos\n")
+    assert load_data(str(one_class), training=False).label_names == ["pos"]  # fine to score, not to train
+
+
+def test_labels_are_cleaned_into_one_class_each(tmp_path):
+    spellings = ["caf\u00e9", "cafe\u0301", " caf\u00e9 ", "pos", "pos\u200b", "\ufeffpos", "\u2060pos\u200d", " pos\t"]
+    path = write(tmp_path / "u.csv", csv_of([(f"t{i}", s) for i, s in enumerate(spellings * 3)]))
+    bundle = load_data(str(path), training=False)
+    assert bundle.label_names == ["caf\u00e9", "pos"]
+    assert bundle.split("all").labels == [0, 0, 0, 1, 1, 1, 1, 1] * 3
+    ints = write(tmp_path / "i.csv", csv_of([("a", " 1\u200b"), ("b", "0"), ("c", "1 ")]))
+    assert load_data(str(ints), training=False).label_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("spelling", ["nan", "NaN", "NA", "n/a", "N/A", "null", "NULL", "None", "none", " \u200b "])
+def test_missing_value_spellings_are_not_classes(tmp_path, spelling):
+    path = write(tmp_path / "m.csv", csv_of([("a", "pos"), ("b", "neg"), ("c", spelling), ("d", "pos")]))
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(path), training=False)
+    assert_one_line_error(excinfo, "m.csv", "'label'", "1 empty or missing labels", "data row 3 (line 4)")
+
+
+@pytest.mark.parametrize("column, value, kind", [
+    ("label", ["a", "b"], "list"), ("label", {"name": "pos"}, "dict"), ("label", True, "boolean"),
+    ("text", ["two", "words"], "list"), ("text", {"t": 1}, "dict"), ("text", False, "boolean"),
+])
+def test_jsonl_cells_that_are_not_one_value(tmp_path, column, value, kind):
+    records = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(6)]
+    records[3][column] = value
+    path = write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in records) + "\n")
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(path))
+    assert_one_line_error(excinfo, "c.jsonl", f"column '{column}' holds a {kind} at data row 4 (line 4)")
+
+
+def test_parquet_list_and_bool_cells(tmp_path):
+    lists = tmp_path / "lists.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [["x"], ["y"], ["x", "y"]]}).to_parquet(lists)
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(lists))
+    assert_one_line_error(excinfo, "lists.parquet", "column 'label' holds a list at data row 1", "['x']")
+    bools = tmp_path / "bools.parquet"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [True, False, True]}).to_parquet(bools)
+    with pytest.raises(DataError) as excinfo:
+        load_data(str(bools))
+    assert_one_line_error(excinfo, "bools.parquet", "column 'label' holds a boolean at data row 1")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,3 +117,45 @@ def test_load_trace_samples_that_do_not_match(tmp_path):
     trace = small_trace()
     trace.samples = trace.samples.iloc[:-1]
     assert "does not match" in one_line_error(save(trace, tmp_path / "t"))
+
+
+# ---- prediction-only traces of files without labels ----------------------------------------------------------
+
+
+def unlabelled_trace():
+    rng = np.random.default_rng(1)
+    return trace_from_outputs(rng.normal(size=(L, N, K)), rng.uniform(size=(L, N, K)))
+
+
+def test_an_unlabelled_trace_has_label_minus_one_and_nothing_correct(tmp_path):
+    trace = unlabelled_trace()
+    assert not trace.labelled and trace.meta["labelled"] is False
+    assert (trace.table["label"] == -1).all() and not trace.table["correct"].any() and (trace.labels == -1).all()
+    assert validate(trace.table, L, K, labelled=False) is trace.table
+    loaded = load_trace(save(trace, tmp_path / "t"))
+    assert not loaded.labelled and (loaded.labels == -1).all()
+    np.testing.assert_array_equal(loaded.wide["pred"], trace.wide["pred"])
+    assert small_trace().labelled and small_trace().meta["labelled"] is True
+
+
+def test_unlabelled_validation_is_strict_both_ways():
+    labelled, unlabelled = small_trace().table, unlabelled_trace().table
+    with pytest.raises(TraceError, match="column label has values outside"):
+        check(unlabelled)  # -1 labels in a trace that says it is labelled
+    with pytest.raises(TraceError, match="unlabelled trace .* must have label -1"):
+        validate(labelled, L, K, source="t.parquet", labelled=False)
+    unlabelled.loc[4, "correct"] = True
+    with pytest.raises(TraceError, match="correct"):
+        validate(unlabelled, L, K, source="t.parquet", labelled=False)
+    unlabelled.loc[4, "correct"], unlabelled.loc[5, "pred"] = False, K
+    with pytest.raises(TraceError, match="column pred has values outside"):
+        validate(unlabelled, L, K, source="t.parquet", labelled=False)
+
+
+def test_load_trace_reads_the_labelled_key(tmp_path):
+    old = small_trace()
+    del old.meta["labelled"]  # a trace written before the key: labelled
+    assert load_trace(save(old, tmp_path / "old")).labelled
+    liar = unlabelled_trace()
+    liar.meta["labelled"] = True  # says labelled, holds -1
+    assert "column label has values outside" in one_line_error(save(liar, tmp_path / "liar"))
