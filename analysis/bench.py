@@ -36,6 +36,7 @@ from .cost import layer_speedup
 from .errors import DE3Error
 from .io import write_json_atomic
 from .policies import POLICIES, ExitPolicy, decide_exits
+from .validate import RUN, flag
 
 TARGETS = {  # key -> (comparison, bound)
     "trace_overhead": ("<=", 1.15),
@@ -411,19 +412,25 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", help="data source (default: the checkpoint's own)")
     p.add_argument("--data-dir", help="local folder in GLUE's TSV layout for glue/<task>")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--max-samples", type=int, default=128, help="benchmark the first N samples of the split")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved repetitions per comparison")
+    p.add_argument("--max-samples", type=flag(RUN["max_samples"]), default=128, help="benchmark the first N samples of the split")
+    p.add_argument("--repeats", type=flag(RUN["repeats"]), default=5, help="interleaved repetitions per comparison")
     p.add_argument("--out", required=True, help="JSON file to write (replaced atomically)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
+    p.add_argument("--threads", type=flag(RUN["threads"]), help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     p.set_defaults(handler=cmd_bench)
     return p
 
 
 def cmd_bench(args) -> int:
-    result = run_bench(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
-                       max_samples=args.max_samples, out=args.out, device=args.device, repeats=args.repeats,
-                       num_threads=args.threads)
+    from .io import claim_output
+
+    data_file = args.data if args.data and os.path.lexists(os.path.expanduser(args.data)) else None
+    # checked and locked before the minutes of timing: a writable JSON file, none of the inputs
+    with claim_output(args.out, inputs=[data_file], around=[args.checkpoint, args.data_dir], kind="file",
+                      command="analysis bench"):
+        result = run_bench(args.checkpoint, args.data, data_dir=args.data_dir, split=args.split,
+                           max_samples=args.max_samples, out=args.out, device=args.device, repeats=args.repeats,
+                           num_threads=args.threads)
     print(format_summary(result))
     print(f"written: {args.out}")
     agreement = [t for t in result["targets"] if t["name"].startswith("agreement")]

@@ -10,6 +10,7 @@ import torch
 
 from .backbones import load_tokenizer
 from .errors import CheckpointError, one_line
+from .io import os_errors, path_kind
 from .model import DE3Bert, read_checkpoint_config
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spiece.model", "vocab.json")
@@ -19,7 +20,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on ``device``, tokenizer) from a folder written by ``DE3Bert.save_pretrained``."""
     folder = Path(folder)
     model = DE3Bert.from_pretrained(folder, map_location=device)
-    source = str(folder) if any((folder / f).is_file() for f in TOKENIZER_FILES) else model.config.backbone
+    source = str(folder) if any(path_kind(folder / f, CheckpointError) == "file" for f in TOKENIZER_FILES) \
+        else model.config.backbone
     return model, load_tokenizer(source)
 
 
@@ -27,10 +29,12 @@ def checkpoint_data_info(folder: str | Path) -> dict:
     """data.json of a checkpoint: how its training data was loaded (spec, seed and ``data.RECORDED_OPTIONS``:
     data_dir, columns, header, max_train_samples, validation_data, test_data), plus name, label_names, metric."""
     path = Path(folder) / "data.json"
-    if not path.is_file():
+    if path_kind(path, CheckpointError) != "file":
         return {}
+    with os_errors(path, CheckpointError):
+        text = path.read_bytes()
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({one_line(exc, 200)}); pass --data instead") from None
     if not isinstance(info, dict):
@@ -74,7 +78,7 @@ def load_checkpoint_data(folder: str | Path, spec: str | None = None, **override
         data = reload_data(info, training=False, **overrides)
     else:
         data = load_data(spec, training=False, **overrides)
-    model_labels = [str(n) for n in read_checkpoint_config(Path(folder))["de3"].get("label_names", [])]
+    model_labels = list(read_checkpoint_config(Path(folder))["de3"]["label_names"])  # checked: strings
     unseen = [n for n, i in zip(data.label_names, class_ids(data.label_names, model_labels)) if i is None]
     if unseen:
         raise CheckpointError(f"{data.name}: the data has classes the checkpoint never saw: {class_list(unseen)}; "

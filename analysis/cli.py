@@ -14,6 +14,9 @@ bench-memory  peak memory of tracing 10k vs 100k samples
 study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
+Every ``--out`` is checked before any work (writable; not one of the command's inputs, inside one or holding one)
+and locked while it is written (``analysis.io``): a second command writing the same folder, one inside it or one
+around it stops with one line naming the process that writes it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import sys
 
 from .errors import DE3Error
+from .validate import BATCH, MODEL, RUN, TRAIN, OneLineParser, flag
 
 DATA_HELP = ("data source: 'bbc' (embedded BBC News, 5 classes), 'glue/<task>' (sst2, mrpc, rte, qnli, qqp, mnli, cola), "
              "or a CSV/TSV/Parquet/JSONL file")
@@ -63,7 +67,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_training: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .data import TRACE_SPLITS
 
-    parser = argparse.ArgumentParser(prog="python -m analysis", description="DE3-BERT: distance-enhanced early exiting for BERT.")
+    parser = OneLineParser(prog="python -m analysis", description="DE3-BERT: distance-enhanced early exiting for BERT.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     t = sub.add_parser("train", help="train DE3-BERT and keep the best checkpoint",
@@ -80,20 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file {\"model\": {...ModelConfig}, \"train\": {...TrainConfig}}; flags override it")
     m = t.add_argument_group("model (ModelConfig)")
     m.add_argument("--pooling", choices=["mean", "cls"], help="token pooling before each exit [default: mean]")
-    m.add_argument("--alpha", type=float, help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
+    m.add_argument("--alpha", type=flag(MODEL["alpha"]), help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
     m.add_argument("--dar-form", choices=["proto_ce", "ratio", "margin"], help="DAR form [default: proto_ce]")
-    m.add_argument("--max-length", type=int, help="max tokens per input [default: 128]")
+    m.add_argument("--max-length", type=flag(MODEL["max_length"]), help="max tokens per input [default: 128]")
     o = t.add_argument_group("optimisation (TrainConfig)")
-    o.add_argument("--epochs", type=int, help="epochs [default: 3]")
-    o.add_argument("--batch-size", type=int, help="batch size per process [default: 16]")
-    o.add_argument("--lr-backbone", type=float, help="backbone learning rate [default: 5e-5]")
-    o.add_argument("--lr-heads", type=float, help="exit heads' learning rate [default: 1e-3]")
-    o.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke runs)")
-    o.add_argument("--max-train-samples", type=int, help="train on a seeded subset of N samples")
-    o.add_argument("--seed", type=int, help="random seed [default: 42]")
+    o.add_argument("--epochs", type=flag(TRAIN["epochs"]), help="epochs; not used with --max-steps [default: 3]")
+    o.add_argument("--batch-size", type=flag(TRAIN["batch_size"]), help="batch size per process [default: 16]")
+    o.add_argument("--lr-backbone", type=flag(TRAIN["lr_backbone"]), help="backbone learning rate [default: 5e-5]")
+    o.add_argument("--lr-heads", type=flag(TRAIN["lr_heads"]), help="exit heads' learning rate [default: 1e-3]")
+    o.add_argument("--max-steps", type=flag(TRAIN["max_steps"]), metavar="N",
+                   help="stop after N optimiser steps (smoke runs). N alone sets the run's length, even inside an "
+                        "epoch or past --epochs, which is then not used; training prints a note saying so")
+    o.add_argument("--max-train-samples", type=flag(RUN["max_train_samples"]), help="train on a seeded subset of N samples")
+    o.add_argument("--seed", type=flag(TRAIN["seed"]), help="random seed [default: 42]")
     o.add_argument("--train-embeddings", dest="freeze_embeddings", action="store_false", default=None,
                    help="also train the token embeddings (frozen by default: faster, and compact checkpoints)")
-    o.add_argument("--save-every", type=int, metavar="N",
+    o.add_argument("--save-every", type=flag(TRAIN["save_every"]), metavar="N",
                    help="save a resumable state to <out>.resume/ every N steps, 0 = at epoch ends only [default: 200]")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out from <out>.resume/ (its own settings and data)")
@@ -109,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e, for_training=False)
     e.add_argument("--split", default="test", choices=TRACE_SPLITS, help=SPLIT_HELP)
     e.add_argument("--device", default="auto")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=flag(BATCH), default=64)
     tr = sub.add_parser("trace", help="record every layer's prediction, entropy, distances and DR for a split",
                         description="One forward pass through all layers; writes a trace folder (trace.parquet, "
                                     "samples.parquet, embeddings.npy, prototypes.npy, meta.json) that the app, the "
@@ -121,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--split", default="test", choices=TRACE_SPLITS, help=SPLIT_HELP)
     tr.add_argument("--out", required=True, help="trace folder to write (replaced atomically when it exists)")
     tr.add_argument("--device", default="auto")
-    tr.add_argument("--batch-size", type=int, default=64)
-    tr.add_argument("--max-samples", type=int, help="trace only the first N samples of the split")
-    tr.add_argument("--chunk-size", type=int, default=2048,
+    tr.add_argument("--batch-size", type=flag(BATCH), default=64)
+    tr.add_argument("--max-samples", type=flag(RUN["max_samples"]), help="trace only the first N samples of the split")
+    tr.add_argument("--chunk-size", type=flag(RUN["chunk_size"]), default=2048,
                     help="samples per chunk: memory is bounded by one chunk; under torchrun, chunks are shared out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("compact", help="write a small copy of a checkpoint (float16, shared base weights left out)",
@@ -131,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pretrained backbone (e.g. frozen token embeddings); loads like any checkpoint.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("--checkpoint", required=True, help="checkpoint folder written by train")
-    c.add_argument("--out", required=True, help="folder to write")
+    c.add_argument("--out", required=True,
+                   help="folder to write; may be --checkpoint itself. What --out already holds besides a model "
+                        "(trace-*/ folders, the README.md model card, other files) is kept; the weights, config and "
+                        "tokenizer are replaced (re-trace kept traces if the weights changed)")
     c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
 
     from . import bench, curves, membench, study
@@ -156,10 +165,42 @@ def _data_kwargs(args) -> dict:
     return {k: getattr(args, k, None) for k in RECORDED_OPTIONS}
 
 
+def _existing(*paths, kind: str = "dir") -> list[str]:
+    """The given paths that name a folder (``kind="dir"``) or a file (``"file"``) on disk; a data spec such as
+    'bbc' or 'glue/sst2' names neither, and a path of the wrong kind is left to the reader's own message."""
+    from .io import path_kind
+
+    return [p for p in paths if p and path_kind(os.path.expanduser(str(p))) == kind]
+
+
+def _data_inputs(args, checkpoint: str | None = None) -> tuple[list[str], list[str]]:
+    """(files, folders) that a command's data flags -- or, without --data, the checkpoint's recorded data -- read,
+    for ``io.check_output``: an output may not be or contain either, nor lie inside one of the files."""
+    spec = {k: getattr(args, k, None) for k in ("data", "validation_data", "test_data", "data_dir")}
+    if checkpoint is not None and not spec["data"]:
+        from .checkpoint import checkpoint_data_info
+
+        try:
+            info = checkpoint_data_info(checkpoint)
+        except DE3Error:
+            info = {}
+        spec = {k: info.get("spec" if k == "data" else k) for k in spec}
+    files = _existing(spec["data"], spec["validation_data"], spec["test_data"], getattr(args, "config", None),
+                      kind="file")
+    return files, _existing(spec["data_dir"])
+
+
 def cmd_train(args) -> int:
     from .backbones import remote_code
+    from .distributed import env_dist
+    from .io import claim_output
 
-    with remote_code(getattr(args, "trust_remote_code", False)):  # backbone + tokenizer loads inside train
+    files, folders = _data_inputs(args)
+    # checked before any work, and held from here to the final save (under torchrun, train() takes the lock
+    # once the process group can agree on it)
+    with claim_output(args.out, inputs=files, around=[*folders, *_existing(args.backbone)],
+                      command="analysis train", take=not env_dist().enabled), \
+            remote_code(getattr(args, "trust_remote_code", False)):  # backbone + tokenizer loads inside train
         return _cmd_train(args)
 
 
@@ -243,9 +284,15 @@ def cmd_trace(args) -> int:
     from .checkpoint import load_checkpoint, load_checkpoint_data
     from .data import DEFAULT_LABEL_COLUMNS
     from .distributed import process_group
+    from .io import claim_output
     from .trace import write_trace
 
-    with process_group(args.device) as (ctx, device):  # under torchrun: shards of the split, merged in order
+    files, folders = _data_inputs(args, args.checkpoint)
+    # under torchrun: shards of the split, merged in order; the output is checked on every process and locked by
+    # rank 0 before the model loads (a trace may go inside its checkpoint's folder, as trace-<split>/)
+    with process_group(args.device) as (ctx, device), \
+            claim_output(args.out, inputs=files, around=[args.checkpoint, *folders],
+                         command="analysis trace", take=ctx.is_main, agree=ctx.all_ok):
         model, tokenizer = load_checkpoint(args.checkpoint, device=device)
         data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
         split = data.split(args.split)
@@ -264,21 +311,56 @@ def cmd_trace(args) -> int:
     return 0
 
 
+COMPACT_RECORDS = ("train_config.json", "data.json", "metrics.json")  # a checkpoint's records, copied as they are
+# What a checkpoint folder holds as a model (compact writes these afresh); anything else in --out is kept.
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
+                              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                              "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", *COMPACT_RECORDS})
+
+
 def cmd_compact(args) -> int:
     import json
+    import shutil
     from pathlib import Path
 
     from .checkpoint import load_checkpoint
+    from .io import atomic_dir, claim_output, os_errors, path_kind, same_path
 
-    model, tokenizer = load_checkpoint(args.checkpoint)
-    extras = {}
-    for name in ("train_config.json", "data.json", "metrics.json"):
-        path = Path(args.checkpoint) / name
-        if path.is_file():
-            extras[name] = json.loads(path.read_text(encoding="utf-8"))
-    model.save_pretrained(args.out, tokenizer, extra_files=extras, half=args.half, omit_base=True)
-    size = sum(p.stat().st_size for p in Path(args.out).iterdir()) / 2**20
-    print(f"compact checkpoint: {args.out} ({size:.1f} MiB)")
+    source = Path(args.checkpoint)
+    in_place = path_kind(args.out) == "dir" and same_path(args.out, source)
+    # --out may be the checkpoint itself, never inside or around it; locked from here to the end
+    with claim_output(args.out, around=[] if in_place else [source], command="analysis compact") as out:
+        model, tokenizer = load_checkpoint(source)
+        records = {}
+        for name in COMPACT_RECORDS:
+            path = source / name
+            if path_kind(path) == "file":
+                with os_errors(path):
+                    text = path.read_text(encoding="utf-8")
+                try:
+                    records[name] = json.loads(text)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise DE3Error(f"{path}: not valid JSON ({exc}); fix or remove it") from None
+        kept = []
+        with atomic_dir(out) as tmp:  # replaces --out once complete
+            staged = Path(model.save_pretrained(tmp / "checkpoint", tokenizer, extra_files=records, half=args.half,
+                                                omit_base=True))
+            for item in staged.iterdir():
+                item.rename(tmp / item.name)
+            staged.rmdir()
+            if path_kind(out) == "dir":  # what --out held besides a model: its traces, its model card, notes
+                for item in sorted(out.iterdir()):
+                    if item.name.startswith(".") or item.name in CHECKPOINT_FILES:
+                        continue
+                    with os_errors(item):
+                        if item.is_dir() and not item.is_symlink():
+                            shutil.copytree(item, tmp / item.name, symlinks=True)
+                        else:
+                            shutil.copy2(item, tmp / item.name, follow_symlinks=False)
+                    kept.append(item.name)
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 2**20
+    also = f"; kept {', '.join(kept)}" if kept else ""
+    print(f"compact checkpoint: {args.out} ({size:.1f} MiB in files{also})")
     return 0
 
 
@@ -287,15 +369,20 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "trace": cmd_trace, "c
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise next to ours
     try:
+        args = build_parser().parse_args(argv)  # a bad flag or value: one error line, like any user error
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise next to ours
         handler = getattr(args, "handler", None) or COMMANDS[args.command]
         return handler(args)
     except DE3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the command needed but the OS refused (permissions, a full disk, a link loop)
+        from .io import os_error_message
+
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

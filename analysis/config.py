@@ -6,9 +6,10 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from .errors import DE3Error, one_line
+from .errors import DE3Error, name_list, one_line, shorten
+from .validate import MODEL, TRAIN, check_fields
 
 POOLINGS = ("mean", "cls")
 DAR_FORMS = ("proto_ce", "ratio", "margin")
@@ -23,9 +24,11 @@ def _from_dict(cls, data: dict[str, Any], source: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise DE3Error(f"{source}: unknown {cls.__name__} field(s) {', '.join(map(str, unknown))}; "
+        raise DE3Error(f"{source}: unknown {cls.__name__} field(s) {name_list(unknown)}; "
                        f"known: {', '.join(sorted(fields))}")
-    kwargs = {k: _typed(cls, k, v, str(fields[k].type), source) for k, v in data.items()}
+    numbers = cls.RANGES  # numbers: type and range from their declaration (validate.py), named with the file
+    kwargs = {k: numbers[k].check(v, f"{source}: {cls.__name__} field {k}") if k in numbers
+              else _typed(cls, k, v, str(fields[k].type), source) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -45,8 +48,7 @@ def _typed(cls, name: str, value: Any, annotation: str, source: str) -> Any:
             return value
     wanted = " or ".join("a list of strings" if o.startswith("tuple") else "null" if o == "None" else {
         "int": "an integer", "float": "a number", "bool": "true/false", "str": "a string"}.get(o, o) for o in options)
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    raise DE3Error(f"{source}: {cls.__name__} field {name} must be {wanted}, got {shown} ({type(value).__name__})")
+    raise DE3Error(f"{source}: {cls.__name__} field {name} must be {wanted}, got {shorten(value)} ({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,16 @@ class ModelConfig:
     gamma: float = 0.1  # prototype moving-average rate
     max_length: int = 128  # tokenizer truncation
 
+    RANGES: ClassVar[dict] = MODEL  # every number's type and range, declared in validate.py
+
     def __post_init__(self) -> None:
         from .signals import DISTANCES
 
+        check_fields(self, self.RANGES)
         checks = [
-            (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {self.pooling!r}"),
-            (self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {self.distance!r}"),
-            (self.dar_form in DAR_FORMS, f"dar_form must be one of {DAR_FORMS}, got {self.dar_form!r}"),
-            (self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}"),
-            (0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}"),
-            (self.max_length >= 8, f"max_length must be >= 8, got {self.max_length}"),
-            (self.proto_dim is None or self.proto_dim > 0, f"proto_dim must be positive, got {self.proto_dim}"),
+            (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {shorten(self.pooling)}"),
+            (self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {shorten(self.distance)}"),
+            (self.dar_form in DAR_FORMS, f"dar_form must be one of {DAR_FORMS}, got {shorten(self.dar_form)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -115,20 +116,12 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads; None = torch's default
     save_every: int = 200  # optimiser steps between resumable training states (<out>.resume/); 0 = epoch ends only
 
+    RANGES: ClassVar[dict] = TRAIN  # every number's type and range, declared in validate.py
+
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
-            (self.lr_backbone >= 0 and self.lr_heads > 0, "learning rates must be positive"),
-            (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.select_by in ("mean", "last"), f"select_by must be 'mean' or 'last', got {self.select_by!r}"),
-            (self.save_every >= 0, f"save_every must be >= 0 (0 = only at epoch ends), got {self.save_every}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DE3Error(f"TrainConfig: {message}")
+        check_fields(self, self.RANGES)
+        if self.select_by not in ("mean", "last"):
+            raise DE3Error(f"TrainConfig: select_by must be 'mean' or 'last', got {shorten(self.select_by)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,7 +25,8 @@ How the sweep is fast and still exact. For a threshold policy the test at layer 
 A sample has left by layer m iff the *running minimum* of its signal up to m is below τ, so with the
 thresholds sorted, the settings at which a sample leaves at layer e form one contiguous range. Adding +1 at
 the range's start and −1 at its end (``np.bincount``) and a cumulative sum over thresholds gives, for every
-threshold at once, the confusion matrix, the exit counts and the FLOPs — O(N·L) work instead of O(N·L·T).
+threshold at once, the confusion matrix's margins (``Margins``: O(K) per setting, never O(K²)), the exit counts
+and the FLOPs — O(N·L) work instead of O(N·L·T).
 Thresholds are compared in the signal's dtype, exactly as ``numpy`` does in ``policies.exit_mask``; the tests
 check every row against ``decide_exits``.
 """
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DE3Error
-from .io import atomic_file
+from .io import atomic_file, check_output, claim_output
 from .policies import (
     POLICIES,
     POLICY_LABELS,
@@ -52,6 +53,7 @@ from .policies import (
     first_exit,
 )
 from .signals import edr
+from .validate import POLICY, RUN, flag, flag_list
 
 DEFAULT_LAMBDAS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_SPEEDUPS = (1.5, 2.0, 3.0)
@@ -84,12 +86,46 @@ def _require_labels(trace, what: str) -> None:
 
 
 def confusion_counts(labels: np.ndarray, answers: np.ndarray, num_labels: int) -> np.ndarray:
-    """Confusion counts [true, predicted] of every column of ``answers``: (N,), (N, S) -> (S, K, K)."""
+    """Confusion counts [true, predicted] of every column of ``answers``: (N,), (N, S) -> (S, K, K).
+
+    O(S·K²) memory: for scores use ``margins``, which holds what every metric reads in O(S·K).
+    """
     k2 = num_labels * num_labels
     settings = answers.shape[1]
     cell = labels[:, None].astype(np.int64) * num_labels + answers  # (N, S)
     keys = (np.arange(settings) * k2 + cell).ravel()
     return np.bincount(keys, minlength=settings * k2).reshape(settings, num_labels, num_labels)
+
+
+@dataclass(frozen=True)
+class Margins:
+    """What accuracy, F1 and MCC read from S confusion matrices, per class: the right answers (the diagonal),
+    the samples of the class (row sums) and the answers naming it (column sums). O(S·K) memory where the
+    matrices take O(S·K²) — 0.2 GB per setting for 5,000 classes — so a sweep of any class count stays small."""
+
+    right: np.ndarray  # (S, K) float64
+    true: np.ndarray  # (S, K)
+    answered: np.ndarray  # (S, K)
+
+    @classmethod
+    def of_confusion(cls, confusion: np.ndarray) -> Margins:
+        """From confusion counts (S, K, K) indexed [true, predicted]."""
+        c = np.asarray(confusion, dtype=np.float64)
+        return cls(np.diagonal(c, axis1=1, axis2=2), c.sum(2), c.sum(1))
+
+
+def margins(labels: np.ndarray, answers: np.ndarray, num_labels: int) -> Margins:
+    """``Margins`` of every column of ``answers``: labels (N,) or (N, S), answers (N, S) -> (S, K) each."""
+    answers = np.asarray(answers, dtype=np.int64)
+    labels = np.broadcast_to(np.asarray(labels, dtype=np.int64).reshape(len(answers), -1), answers.shape)
+    settings = answers.shape[1]
+    offset = np.arange(settings) * num_labels  # one block of K counters per setting
+
+    def count(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        flat = np.bincount((values + offset).ravel(), weights, minlength=settings * num_labels)
+        return flat.reshape(settings, num_labels).astype(np.float64)
+
+    return Margins(count(labels, (answers == labels).ravel().astype(np.float64)), count(labels), count(answers))
 
 
 def score(metric: str, confusion: np.ndarray) -> np.ndarray:
@@ -106,28 +142,31 @@ def score(metric: str, confusion: np.ndarray) -> np.ndarray:
     -------
     ndarray (S,) float64, or a float for a single (K, K) matrix.
     """
-    c = np.asarray(confusion, dtype=np.float64)
+    c = np.asarray(confusion)
     single = c.ndim == 2
-    c = c[None] if single else c  # (S, K, K)
-    n = c.sum((1, 2))
-    correct = np.trace(c, axis1=1, axis2=2)
-    true_sum, pred_sum = c.sum(2), c.sum(1)  # (S, K) each
+    out = score_margins(metric, Margins.of_confusion(c[None] if single else c))
+    return float(out[0]) if single else out
+
+
+def score_margins(metric: str, m: Margins) -> np.ndarray:
+    """``score`` from ``Margins``: (S,) float64."""
+    n = m.true.sum(1)
+    correct = m.right.sum(1)
+    true_sum, pred_sum = m.true, m.answered  # (S, K) each
     if metric == "accuracy":
-        out = correct / n
-    elif metric == "f1":
-        tp = c[:, 1, 1]
+        return correct / n
+    if metric == "f1":
+        tp = m.right[:, 1]
         denom = true_sum[:, 1] + pred_sum[:, 1]  # 2 tp + fp + fn
-        out = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    elif metric == "mcc":
+        return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if metric == "mcc":
         cov_tp = correct * n - (true_sum * pred_sum).sum(1)
         cov_pp = n * n - (pred_sum * pred_sum).sum(1)
         cov_tt = n * n - (true_sum * true_sum).sum(1)
         denom = cov_tt * cov_pp
-        out = np.divide(cov_tp, np.sqrt(denom, where=denom > 0, out=np.ones_like(denom)),
-                        out=np.zeros_like(denom), where=denom > 0)
-    else:
-        raise CurveError(f"unknown metric {metric!r}; choose one of accuracy, f1, mcc")
-    return float(out[0]) if single else out
+        return np.divide(cov_tp, np.sqrt(denom, where=denom > 0, out=np.ones_like(denom)),
+                         out=np.zeros_like(denom), where=denom > 0)
+    raise CurveError(f"unknown metric {metric!r}; choose one of accuracy, f1, mcc")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -142,7 +181,7 @@ class _Context:
     metric: str
     labels: np.ndarray  # (N,) int64
     pred: np.ndarray  # (N, L) int64
-    cell: np.ndarray  # (N, L) confusion cell label*K + pred of each layer's answer
+    right: np.ndarray  # (N, L) float64: 1.0 where the layer's answer is the label
     cost: np.ndarray  # (N, L) FLOPs of sample n when it leaves at layer e
     full_flops: float  # the full model's FLOPs over all samples
     num_labels: int
@@ -156,7 +195,7 @@ class _Context:
         k, num_layers = trace.num_labels, trace.num_layers
         layers = np.arange(1, num_layers + 1)[:, None]  # (L, 1) broadcasts against (N,) token counts
         cost = trace.cost.early_exit(layers, trace.n_tokens).T  # (N, L)
-        return cls(trace.metric, labels, pred, labels[:, None] * k + pred, np.ascontiguousarray(cost),
+        return cls(trace.metric, labels, pred, (pred == labels[:, None]).astype(np.float64), np.ascontiguousarray(cost),
                    float(trace.cost.full(trace.n_tokens).sum()), k, labelled)
 
     @property
@@ -168,7 +207,8 @@ class _Context:
 class _Totals:
     """Sums over samples for S settings."""
 
-    confusion: np.ndarray  # (S, K, K)
+    right: np.ndarray  # (S, K) right answers per true class (``Margins.right``)
+    answered: np.ndarray  # (S, K) answers per class (``Margins.answered``)
     counts: np.ndarray  # (S, L) samples leaving at each layer
     flops: np.ndarray  # (S,)
 
@@ -178,13 +218,10 @@ def _exit_totals(ctx: _Context, exit_layer: np.ndarray) -> _Totals:
     num_layers = ctx.shape[1]
     settings = exit_layer.shape[1]
     e0 = exit_layer.astype(np.int64) - 1  # (N, S)
-    k2 = ctx.num_labels ** 2
-    cell = np.take_along_axis(ctx.cell, e0, axis=1)  # (N, S)
-    confusion = np.bincount((np.arange(settings) * k2 + cell).ravel(), minlength=settings * k2)
+    m = margins(ctx.labels, np.take_along_axis(ctx.pred, e0, axis=1), ctx.num_labels)
     counts = np.bincount((np.arange(settings) * num_layers + e0).ravel(), minlength=settings * num_layers)
     flops = np.take_along_axis(ctx.cost, e0, axis=1).sum(0)
-    return _Totals(confusion.reshape(settings, ctx.num_labels, ctx.num_labels),
-                   counts.reshape(settings, num_layers), flops)
+    return _Totals(m.right, m.answered, counts.reshape(settings, num_layers), flops)
 
 
 def _threshold_totals(ctx: _Context, runmin: np.ndarray, taus: np.ndarray) -> _Totals:
@@ -203,7 +240,8 @@ def _threshold_totals(ctx: _Context, runmin: np.ndarray, taus: np.ndarray) -> _T
     keep = lo < hi
     lo, hi = lo[keep], hi[keep]
     layer0 = np.broadcast_to(np.arange(num_layers), (n, num_layers))[keep]
-    cell, cost = ctx.cell[keep], ctx.cost[keep]
+    label = np.broadcast_to(ctx.labels[:, None], (n, num_layers))[keep]
+    answer, right, cost = ctx.pred[keep], ctx.right[keep], ctx.cost[keep]
 
     def spread(start: np.ndarray, stop: np.ndarray, width: int, weights=None) -> np.ndarray:
         """+w at each range's start, -w at its end, summed over thresholds: (T, width)."""
@@ -211,11 +249,12 @@ def _threshold_totals(ctx: _Context, runmin: np.ndarray, taus: np.ndarray) -> _T
         delta = np.bincount(start, weights, minlength=size) - np.bincount(stop, weights, minlength=size)
         return np.cumsum(delta.reshape(t + 1, width), axis=0)[:t]
 
-    k2 = ctx.num_labels ** 2
+    k = ctx.num_labels  # (T, K) margins, never (T, K, K) confusion matrices: memory O(T·K) for any K
     counts = spread(lo * num_layers + layer0, hi * num_layers + layer0, num_layers)
-    confusion = spread(lo * k2 + cell, hi * k2 + cell, k2).reshape(t, ctx.num_labels, ctx.num_labels)
+    right_answers = spread(lo * k + label, hi * k + label, k, right)
+    answered = spread(lo * k + answer, hi * k + answer, k)
     flops = spread(lo, hi, 1, cost)[:, 0]
-    return _Totals(confusion, counts, flops)
+    return _Totals(right_answers, answered, counts, flops)
 
 
 def _summaries(ctx: _Context, totals: _Totals) -> dict[str, np.ndarray]:
@@ -225,10 +264,17 @@ def _summaries(ctx: _Context, totals: _Totals) -> dict[str, np.ndarray]:
     return {
         "speedup": num_layers / mean_exit,
         "saved_fraction": 1.0 - mean_exit / num_layers,
-        "metric": score(ctx.metric, totals.confusion) if ctx.labelled else np.full(len(mean_exit), np.nan),
+        "metric": _metric(ctx, totals) if ctx.labelled else np.full(len(mean_exit), np.nan),
         "mean_exit_layer": mean_exit,
         "flops_ratio": totals.flops / ctx.full_flops,
     }
+
+
+def _metric(ctx: _Context, totals: _Totals) -> np.ndarray:
+    """The metric of S settings from their totals (every setting answers each sample once: the class counts
+    are the labels')."""
+    true = np.broadcast_to(np.bincount(ctx.labels, minlength=ctx.num_labels).astype(np.float64), totals.right.shape)
+    return score_margins(ctx.metric, Margins(totals.right, true, np.asarray(totals.answered, dtype=np.float64)))
 
 
 def evaluate_policy(trace, policy: ExitPolicy) -> dict:
@@ -253,9 +299,8 @@ def evaluate_policy(trace, policy: ExitPolicy) -> dict:
     mean_exit = float(decision.exit_layer.mean())
     metric = math.nan
     if _labelled(trace):
-        confusion = confusion_counts(np.asarray(trace.labels, dtype=np.int64), decision.pred.astype(np.int64)[:, None],
-                                     trace.num_labels)
-        metric = score(trace.metric, confusion[0])
+        m = margins(np.asarray(trace.labels, dtype=np.int64), decision.pred[:, None], trace.num_labels)
+        metric = float(score_margins(trace.metric, m)[0])
     return {
         "speedup": num_layers / mean_exit,
         "saved_fraction": 1.0 - mean_exit / num_layers,
@@ -272,7 +317,7 @@ def per_layer_metric(trace) -> pd.DataFrame:
     ctx = _Context.of(trace)
     num_layers = ctx.shape[1]
     layers = np.arange(1, num_layers + 1)
-    metric = (score(ctx.metric, confusion_counts(ctx.labels, ctx.pred, ctx.num_labels)) if ctx.labelled
+    metric = (score_margins(ctx.metric, margins(ctx.labels, ctx.pred, ctx.num_labels)) if ctx.labelled
               else np.full(num_layers, np.nan))
     return pd.DataFrame({"layer": layers, "speedup": num_layers / layers, "metric": metric})
 
@@ -553,12 +598,14 @@ def _speedup_column(s: float) -> str:
 
 
 def _check_speedups(speedups: Sequence[float], max_speedup: float) -> tuple[float, ...]:
-    speedups = tuple(float(s) for s in speedups)
-    if not speedups or any(not math.isfinite(s) or s < 1 for s in speedups):
-        raise CurveError(f"speed-ups must be finite numbers >= 1, got {', '.join(f'{s:g}' for s in speedups) or 'none'}")
-    if not math.isfinite(max_speedup) or max_speedup <= 1:
-        raise CurveError(f"max speed-up must be a finite number > 1, got {max_speedup:g}")
-    return speedups
+    """Target speed-ups and the AUC's upper end, checked against their declarations (``validate.RUN``)."""
+    speedups = tuple(speedups)
+    if not speedups:
+        raise CurveError("no target speed-ups given; pass at least one, e.g. 1.5, 2, 3")
+    for s in speedups:
+        RUN["speedup"].check(s, "each of the speed-ups", CurveError)
+    RUN["max_speedup"].check(max_speedup, "max speed-up", CurveError)
+    return tuple(float(s) for s in speedups)
 
 
 def matched_table(curves: pd.DataFrame, speedups: Sequence[float] = DEFAULT_SPEEDUPS, *, lambda_: float = 1.0,
@@ -778,18 +825,15 @@ def _bootstrap(labels: np.ndarray, answers: np.ndarray, metric: str, num_labels:
     if n_boot < 1 or not 0 < level < 1:
         raise CurveError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
     k, n = num_labels, len(labels)
-    metric_a, metric_b = score(metric, confusion_counts(labels, answers, k))
+    metric_a, metric_b = score_margins(metric, margins(labels, answers, k))
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
     chunk = max(1, 2_000_000 // n)  # bounded memory: chunk x N indices at a time
     for start in range(0, n_boot, chunk):
         size = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(size, n))  # (B, N) same indices for both policies
-        cell = labels[idx] * k  # (B, N)
-        offset = np.arange(size)[:, None] * (k * k)
-        conf = [np.bincount((offset + cell + answers[idx, j]).ravel(), minlength=size * k * k).reshape(size, k, k)
-                for j in (0, 1)]
-        diffs[start:start + size] = score(metric, conf[0]) - score(metric, conf[1])
+        idx = rng.integers(0, n, size=(size, n)).T  # (N, B) same indices for both policies
+        a, b = (score_margins(metric, margins(labels[idx], answers[idx, j], k)) for j in (0, 1))
+        diffs[start:start + size] = a - b
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(diffs, [tail, 100 - tail])
     right = (answers == labels[:, None]).sum(0)  # (2,) right answers of each
@@ -936,16 +980,6 @@ def format_vs_baseline(vs: pd.DataFrame, speedups: Sequence[float], *, metric: s
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.5,2,3, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
 def add_cli(subparsers) -> None:
     """Add the ``curves`` and ``compare`` subcommands (each with ``handler``) to an argparse subparsers object."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -956,7 +990,7 @@ def add_cli(subparsers) -> None:
                     "and write one CSV row per setting. Speed-up = L / mean exit layer.")
     c.add_argument("--trace", required=True, help="trace folder written by `trace`")
     c.add_argument("--out", required=True, help="CSV file to write (replaced atomically)")
-    c.add_argument("--lambdas", type=_float_list, default=",".join(f"{v:g}" for v in DEFAULT_LAMBDAS),
+    c.add_argument("--lambdas", type=flag_list(POLICY["lambda_"]), default=",".join(f"{v:g}" for v in DEFAULT_LAMBDAS),
                    help="comma-separated EDR weights λ to sweep")
     c.set_defaults(handler=cmd_curves)
 
@@ -970,17 +1004,19 @@ def add_cli(subparsers) -> None:
                     "the gap in right answers. DE3-BERT's λ is chosen on --val-trace; without it λ = 1.")
     p.add_argument("--trace", required=True, help="trace folder of the split to report (e.g. the test split)")
     p.add_argument("--val-trace", help="trace folder of the validation split, used only to choose λ")
-    p.add_argument("--speedups", type=_float_list, default="1.5,2,3", help="comma-separated target speed-ups")
-    p.add_argument("--max-speedup", type=float, default=DEFAULT_MAX_SPEEDUP, help="upper end of the AUC range")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the comparison with the baseline")
+    p.add_argument("--speedups", type=flag_list(RUN["speedup"]), default="1.5,2,3",
+                   help="comma-separated target speed-ups, each >= 1")
+    p.add_argument("--max-speedup", type=flag(RUN["max_speedup"]), default=DEFAULT_MAX_SPEEDUP,
+                   help="upper end of the AUC range (> 1)")
+    p.add_argument("--n-boot", type=flag(RUN["n_boot"]), default=1000,
+                   help="bootstrap resamples of the comparison with the baseline")
     p.set_defaults(handler=cmd_compare)
 
 
 def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a CSV beside ``path`` and rename it over: a reader never sees half a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise CurveError(f"{path} is a folder; give a file name such as {path / 'curves.csv'}")
+    """Write a CSV beside ``path`` and rename it over: a reader never sees half a file. ``path`` must pass
+    ``io.check_output`` as a file (not a folder, in a place that can be written)."""
+    path = check_output(path, kind="file", what="CSV file", error=CurveError)
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
     return path
@@ -989,9 +1025,12 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
 def cmd_curves(args) -> int:
     from .trace import load_trace
 
-    trace = load_trace(args.trace)
-    curves = sweep(trace, default_grid(trace, lambdas=args.lambdas))
-    write_csv_atomic(curves, args.out)
+    # checked and locked before the trace is read: never the trace itself or a file inside it
+    with claim_output(args.out, inputs=[args.trace], kind="file", error=CurveError,
+                      command="analysis curves"):
+        trace = load_trace(args.trace)
+        curves = sweep(trace, default_grid(trace, lambdas=args.lambdas))
+        write_csv_atomic(curves, args.out)
     print(f"{len(curves)} settings of {curves['policy'].nunique()} policies on {trace.num_samples} samples: {args.out}")
     return 0
 

@@ -50,6 +50,7 @@ from sklearn import metrics as skmetrics
 from sklearn.model_selection import train_test_split
 
 from analysis.errors import DataError, name_list, one_line, shorten
+from analysis.io import os_errors, path_kind
 
 SPLIT_NAMES = ("train", "validation", "test")
 TRACE_SPLITS = (*SPLIT_NAMES, "all")  # what trace / evaluate (and the app) may ask for: a split, or every row
@@ -738,15 +739,18 @@ def read_columns(path: str | Path, *, header: bool = True) -> tuple[list[str] | 
 
 def _read_table(path: Path, header: bool) -> tuple[list[str] | None, list[list[Any]], list[int] | None]:
     """(names, columns, physical line of each row or None) of a user file, with its one-line DataErrors."""
-    if not path.exists():
+    kind = path_kind(path, DataError)  # permission denied or a symlink loop is said as such, not "not found"
+    if kind is None:
         raise DataError(f"{path}: file not found (a data spec is 'bbc', 'glue/<task>' or a path to a "
                         f"{'/'.join(SUPPORTED_EXTENSIONS)} file)")
-    if not path.is_file():
+    if kind != "file":
         raise DataError(f"{path}: is not a file; pass a {'/'.join(SUPPORTED_EXTENSIONS)} file")
     ext = path.suffix.lower()
     if ext not in SUPPORTED_EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {ext or '(no extension)'!r}; supported: "
                         f"{', '.join(SUPPORTED_EXTENSIONS)}")
+    with os_errors(path, DataError), open(path, "rb"):
+        pass  # readable: a permission problem is not reported as a malformed file
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes); it needs a text column and a label column")
 

@@ -10,6 +10,7 @@ peak ratio between the largest and the smallest size is the figure to read (targ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -96,13 +97,24 @@ def run_memory_bench(sizes=(10_000, 100_000), chunk_size: int = 2048, threads: i
 
 
 def add_cli(sub) -> None:
+    from .validate import RUN, flag
+
     p = sub.add_parser("bench-memory", help="peak memory of tracing 10k vs 100k samples (flat in N?)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="sample counts, smallest first")
-    p.add_argument("--chunk-size", type=int, default=2048, help="samples per trace chunk")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in each child process")
+    p.add_argument("--sizes", type=flag(RUN["sizes"]), nargs="+", default=[10_000, 100_000], help="sample counts, smallest first")
+    p.add_argument("--chunk-size", type=flag(RUN["chunk_size"]), default=2048, help="samples per trace chunk")
+    p.add_argument("--threads", type=flag(RUN["threads"]), default=1, help="torch threads in each child process")
     p.add_argument("--out", help="also write the report as JSON here")
-    p.set_defaults(handler=lambda args: 0 if run_memory_bench(sorted(args.sizes), args.chunk_size, args.threads, args.out) else 1)
+    p.set_defaults(handler=cmd_memory_bench)
+
+
+def cmd_memory_bench(args) -> int:
+    from .io import claim_output
+
+    with contextlib.ExitStack() as stack:
+        if args.out:  # checked and locked before the children run, not after
+            stack.enter_context(claim_output(args.out, kind="file", command="analysis bench-memory"))
+        return 0 if run_memory_bench(sorted(args.sizes), args.chunk_size, args.threads, args.out) else 1
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .errors import CheckpointError, DE3Error, one_line
-from .io import atomic_dir
+from .errors import CheckpointError, DE3Error, one_line, shorten
+from .io import atomic_dir, os_errors, path_kind
 from .signals import ExitSignals, distance_ratio, exit_signals, pairwise_distance
 
 CONFIG_FILE = "config.json"
@@ -282,8 +282,9 @@ class DE3Bert(nn.Module):
         folder = Path(folder)
         raw = read_checkpoint_config(folder)
         weights = folder / WEIGHTS_FILE
-        if not weights.is_file():
-            pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if path_kind(weights, CheckpointError) != "file":
+            with os_errors(folder, CheckpointError):
+                pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
             if pickles:
                 raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE} (found {', '.join(pickles)}: pickle weights "
                                       "are refused, loading them can run code); convert them to safetensors or re-train")
@@ -309,6 +310,8 @@ class DE3Bert(nn.Module):
             check_encoder_config(bcfg, str(folder))
         except DE3Error as exc:
             raise CheckpointError(f"{folder / CONFIG_FILE}: {exc}") from None
+        with os_errors(weights, CheckpointError), open(weights, "rb"):
+            pass  # a permission problem is said as one, not as a corrupt file
         try:
             state = load_file(str(weights), device=str(map_location))
         except (SafetensorError, OSError, RuntimeError) as exc:
@@ -350,20 +353,33 @@ def _base_backbone_state(name: str, needed_by: Path | None = None) -> dict[str, 
 def read_checkpoint_config(folder: Path) -> dict:
     """config.json of a checkpoint folder, with errors that say which file is wrong and what to do."""
     folder = Path(folder)
-    if folder.is_file():
-        raise CheckpointError(f"{folder}: is a file; a checkpoint is the folder holding config.json and {WEIGHTS_FILE}")
-    if not folder.is_dir():
+    kind = path_kind(folder, CheckpointError)  # a permission problem or a symlink loop is said as such
+    if kind is None:
         raise CheckpointError(f"{folder}: checkpoint folder not found; train one with `python -m analysis train`")
+    if kind != "dir":
+        raise CheckpointError(f"{folder}: is a file; a checkpoint is the folder holding config.json and {WEIGHTS_FILE}")
     path = folder / CONFIG_FILE
-    if not path.is_file():
+    if path_kind(path, CheckpointError) != "file":
         raise CheckpointError(f"{folder}: missing {CONFIG_FILE}; this is not a DE3-BERT checkpoint folder")
+    with os_errors(path, CheckpointError):
+        text = path.read_bytes()
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({one_line(exc)}); re-save the checkpoint") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("de3"), dict):
         raise CheckpointError(f"{path}: no 'de3' section; this is a plain Hugging Face model, not a DE3-BERT checkpoint "
                               "(train one from it with `python -m analysis train --backbone <this folder>`)")
+    layers = raw.get("num_hidden_layers", 1)  # BERT-style configs; others name it differently
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise CheckpointError(f"{path}: num_hidden_layers must be a positive integer, found {shorten(layers)}; "
+                              "re-save the checkpoint")
+    names = raw["de3"].get("label_names")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{path}: de3.label_names must be a list of at least 2 class names (strings), found "
+                              f"{shorten(names)}; re-save the checkpoint")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{path}: de3.label_names repeats a class name; re-save the checkpoint")
     return raw
 
 

@@ -18,8 +18,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import DE3Error
+from .errors import DE3Error, shorten
 from .signals import edr
+from .validate import POLICY, check_fields
 
 POLICIES = ("de3", "dr", "entropy", "maxprob", "pabee", "pcee", "static", "oracle")
 POLICY_LABELS = {
@@ -54,10 +55,13 @@ class ExitPolicy:
     """An exit rule and its parameters. Frozen, so it is hashable and can key caches.
 
     name : one of ``POLICIES``.
-    tau : threshold (de3, dr, entropy, pcee: exit when the signal is *below* tau; maxprob: *above*).
-    lambda_ : EDR weight of DR against entropy (de3 only).
-    patience : consecutive layers (pabee: unchanged predictions; pcee: entropy below tau).
-    layer : the fixed exit layer, 1-based (static only).
+    tau : threshold (de3, dr, entropy, pcee: exit when the signal is *below* tau; maxprob: *above*). Any number
+        but NaN: +inf exits everyone at layer 1 (max-probability: -inf).
+    lambda_ : EDR weight of DR against entropy (de3 only), finite, >= 0.
+    patience : consecutive layers (pabee: unchanged predictions; pcee: entropy below tau), an integer >= 1.
+    layer : the fixed exit layer, 1-based (static only), an integer >= 1.
+
+    Every number is checked against its declaration (``validate.POLICY``); a bad one is a ``DE3Error``.
     """
 
     name: str
@@ -68,13 +72,8 @@ class ExitPolicy:
 
     def __post_init__(self) -> None:
         if self.name not in POLICIES:
-            raise DE3Error(f"unknown exit policy {self.name!r}; choose one of {', '.join(POLICIES)}")
-        if self.lambda_ < 0:
-            raise DE3Error(f"lambda_ must be >= 0, got {self.lambda_}")
-        if self.patience < 1:
-            raise DE3Error(f"patience must be >= 1, got {self.patience}")
-        if self.layer < 1:
-            raise DE3Error(f"static exit layer must be >= 1, got {self.layer}")
+            raise DE3Error(f"unknown exit policy {shorten(self.name)}; choose one of {', '.join(POLICIES)}")
+        check_fields(self, POLICY)  # tau not NaN (±inf are the sweep's ends), lambda_ >= 0, patience, layer >= 1
 
     @property
     def label(self) -> str:

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import DE3Error
+from .errors import DE3Error, shorten
+from .validate import PROJECTION, check_fields
 
 METHODS = ("umap", "pca")
 METRICS = ("euclidean", "cosine")
@@ -49,12 +50,10 @@ class ProjectionConfig:
     metric: str = "euclidean"
 
     def __post_init__(self) -> None:
+        check_fields(self, PROJECTION, ProjectionError)  # n_neighbors, min_dist, seed, max_points (validate.py)
         checks = [
-            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}"),
-            (self.n_neighbors >= 2, f"n_neighbors must be >= 2, got {self.n_neighbors}"),
-            (0.0 <= self.min_dist <= 1.0, f"min_dist must be in [0, 1], got {self.min_dist}"),
-            (self.max_points >= 2, f"max_points must be >= 2, got {self.max_points}"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {shorten(self.method)}"),
+            (self.metric in METRICS, f"metric must be one of {', '.join(METRICS)}, got {shorten(self.metric)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -29,9 +29,10 @@ import pandas as pd
 
 from . import curves
 from .errors import DE3Error
-from .io import atomic_file
+from .io import atomic_file, check_writable, claim_output
 from .policies import POLICY_LABELS
 from .signals import edr
+from .validate import RUN, TRAIN, flag
 
 # name -> (what it is, ModelConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -400,9 +401,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--work", default="runs/study-sst2", help="folder for the checkpoints and traces")
     p.add_argument("--out", default="docs/results/sst2.md", help="Markdown report to write (plot beside it)")
     p.add_argument("--variants", default="de3,no_dar,dar_ratio", help=f"comma-separated, first = main; of {', '.join(VARIANTS)}")
-    p.add_argument("--epochs", type=int, default=StudySettings.epochs)
-    p.add_argument("--max-train-samples", type=int, help="train on a seeded subset (faster, weaker)")
-    p.add_argument("--parallel", type=int, default=StudySettings.parallel, help="training runs side by side")
+    p.add_argument("--epochs", type=flag(TRAIN["epochs"]), default=StudySettings.epochs)
+    p.add_argument("--max-train-samples", type=flag(RUN["max_train_samples"]), help="train on a seeded subset (faster, weaker)")
+    p.add_argument("--parallel", type=flag(RUN["parallel"]), default=StudySettings.parallel, help="training runs side by side")
     p.add_argument("--retrain", action="store_true", help="retrain even when the work folder has a matching checkpoint")
     p.set_defaults(handler=cmd_study)
 
@@ -416,11 +417,17 @@ def cmd_study(args) -> int:
         raise DE3Error(f"{args.data_dir}: no SST-2 folder; point --data-dir at a GLUE folder such as ../shared/data/glue")
     settings = StudySettings(epochs=args.epochs, max_train_samples=args.max_train_samples, parallel=args.parallel)
     work = Path(args.work)
-    start = time.perf_counter()
-    seconds = train_variants(settings, args.data_dir, work, variants, args.retrain)
-    for v in variants:
-        trace_variant(work / v, args.data_dir)
-    analyse(work, variants, settings, seconds, Path(args.out))
+    # before hours of training: the report (and its plot beside it) can be written and is no input; the work
+    # folder can be written (its checkpoints and traces lock themselves, one training process each)
+    check_writable(work, what="--work")
+    with claim_output(args.out, inputs=[args.data_dir], kind="file", command="analysis study"), \
+            claim_output(Path(args.out).with_suffix(".png"), inputs=[args.data_dir], kind="file",
+                         what="the plot", command="analysis study"):
+        start = time.perf_counter()
+        seconds = train_variants(settings, args.data_dir, work, variants, args.retrain)
+        for v in variants:
+            trace_variant(work / v, args.data_dir)
+        analyse(work, variants, settings, seconds, Path(args.out))
     print(f"study done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,10 +36,10 @@ from tqdm.auto import tqdm
 
 from . import __version__, batching
 from .cost import CostModel
-from .data import UNLABELLED
+from .data import METRICS, UNLABELLED
 from .distributed import Dist
-from .errors import DE3Error
-from .io import atomic_dir
+from .errors import DE3Error, name_list, one_line, shorten
+from .io import atomic_dir, os_errors, path_kind
 
 TRACE_FILE, SAMPLES_FILE, EMBEDDINGS_FILE, PROTOTYPES_FILE, META_FILE = (
     "trace.parquet", "samples.parquet", "embeddings.npy", "prototypes.npy", "meta.json")
@@ -57,6 +58,11 @@ TRACE_COLUMNS: dict[str, str] = {
     "r2": "float32",  # distance to the nearest other prototype
     "dr": "float32",  # distance ratio
 }
+
+
+# The float columns every policy and chart reads: each value must be a finite number.
+SIGNAL_COLUMNS = ("entropy", "max_prob", "r1", "r2", "dr")
+RECREATE = "re-create the trace with `python -m analysis trace`"
 
 
 class TraceError(DE3Error):
@@ -103,7 +109,140 @@ def validate(table: pd.DataFrame, num_layers: int, num_labels: int, source: str 
     if not labelled and ((table["label"] != UNLABELLED).any() or table["correct"].any()):
         raise TraceError(f"{source}: an unlabelled trace (meta.json \"labelled\": false) must have label -1 and "
                          "correct False in every row; re-create the trace with `python -m analysis trace`")
+    for name in (*SIGNAL_COLUMNS, *class_columns(num_labels)):  # a NaN would decide exits silently wrong
+        values = table[name].to_numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise TraceError(f"{source}: column {name} holds {values[row]} in row {row} (sample "
+                             f"{int(table['sample_id'].iat[row])}, layer {int(table['layer'].iat[row])}); every "
+                             f"signal must be a finite number; {RECREATE}")
     return table
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def validate_meta(meta, source: str = "meta.json") -> dict:
+    """Check a trace's meta.json: types and ranges of every field the package reads.
+
+    ``num_layers`` a positive integer; ``label_names`` a list of at least 2 distinct strings; ``cost_model`` an
+    object of exactly ``CostModel``'s fields, each a positive integer, agreeing with ``num_layers`` and the
+    number of labels; ``labelled`` (optional) true or false; ``metric`` (optional) one of ``data.METRICS``;
+    ``num_samples`` (optional) a non-negative integer; ``schema_version`` (optional) not newer than this
+    package's. Returns ``meta`` unchanged; raises ``TraceError`` naming the first bad field.
+    """
+    if not isinstance(meta, dict):
+        raise TraceError(f"{source}: expected a JSON object, found {type(meta).__name__}; {RECREATE}")
+    for key in ("num_layers", "label_names", "cost_model"):
+        if key not in meta:
+            raise TraceError(f"{source}: no {key!r}; {RECREATE}")
+    version = meta.get("schema_version", SCHEMA_VERSION)
+    if not _positive_int(version):
+        raise TraceError(f"{source}: schema_version must be a positive integer, found {shorten(version)}; {RECREATE}")
+    if version > SCHEMA_VERSION:
+        raise TraceError(f"{source}: written by a newer version of this package (trace schema {version}, this one "
+                         f"reads {SCHEMA_VERSION}); upgrade the package or {RECREATE}")
+    num_layers, names = meta["num_layers"], meta["label_names"]
+    if not _positive_int(num_layers):
+        raise TraceError(f"{source}: num_layers must be a positive integer, found {shorten(num_layers)}; {RECREATE}")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise TraceError(f"{source}: label_names must be a list of at least 2 strings, found {shorten(names)}; "
+                         f"{RECREATE}")
+    if len(set(names)) != len(names):
+        raise TraceError(f"{source}: label_names repeats a name ({name_list(names, quote=True)}); {RECREATE}")
+    cost = meta["cost_model"]
+    fields = list(CostModel.__dataclass_fields__)
+    if not isinstance(cost, dict) or sorted(cost) != sorted(fields):
+        found = name_list(cost) if isinstance(cost, dict) else type(cost).__name__
+        raise TraceError(f"{source}: cost_model must hold exactly {', '.join(fields)}; found {found or 'nothing'}; "
+                         f"{RECREATE}")
+    for key in fields:
+        if not _positive_int(cost[key]):
+            raise TraceError(f"{source}: cost_model.{key} must be a positive integer, found {shorten(cost[key])}; "
+                             f"{RECREATE}")
+    if cost["num_layers"] != num_layers or cost["num_labels"] != len(names):
+        raise TraceError(f"{source}: cost_model describes {cost['num_layers']} layers and {cost['num_labels']} "
+                         f"classes, the trace {num_layers} and {len(names)}; {RECREATE}")
+    if not isinstance(meta.get("labelled", True), bool):
+        raise TraceError(f"{source}: labelled must be true or false, found {shorten(meta['labelled'])}; {RECREATE}")
+    if meta.get("metric", "accuracy") not in METRICS:
+        raise TraceError(f"{source}: metric must be one of {', '.join(METRICS)}, found {shorten(meta['metric'])}; "
+                         f"{RECREATE}")
+    n = meta.get("num_samples", 0)
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        raise TraceError(f"{source}: num_samples must be a non-negative integer, found {shorten(n)}; {RECREATE}")
+    return meta
+
+
+SAMPLE_COLUMNS = ("sample_id", "text", "label", "n_tokens")
+
+
+def validate_samples(samples: pd.DataFrame, table: pd.DataFrame, num_layers: int,
+                     source: str = "samples") -> pd.DataFrame:
+    """Check samples.parquet against its (already validated) trace table: one row per sample, in the trace's
+    order, with the same labels; integer ids, labels and token counts (>= 1); a text in every row."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
+    if missing:
+        raise TraceError(f"{source}: missing column(s) {', '.join(missing)}; {RECREATE}")
+    for name in ("sample_id", "label", "n_tokens"):
+        if not pd.api.types.is_integer_dtype(samples[name].dtype):
+            raise TraceError(f"{source}: column {name} has dtype {samples[name].dtype}, expected integers; {RECREATE}")
+    per_sample = table.iloc[::num_layers]
+    if len(samples) != len(per_sample):
+        raise TraceError(f"{source}: does not match trace.parquet: {len(samples)} samples, trace.parquet has "
+                         f"{len(per_sample)}; {RECREATE}")
+    for name in ("sample_id", "label"):
+        differs = samples[name].to_numpy() != per_sample[name].to_numpy()
+        if differs.any():
+            row = int(np.flatnonzero(differs)[0])
+            raise TraceError(f"{source}: does not match trace.parquet: row {row} has {name} "
+                             f"{samples[name].iat[row]}, trace.parquet {per_sample[name].iat[row]}; {RECREATE}")
+    tokens = samples["n_tokens"].to_numpy()
+    if len(tokens) and tokens.min() < 1:
+        row = int(np.flatnonzero(tokens < 1)[0])
+        raise TraceError(f"{source}: n_tokens is {tokens[row]} in row {row}; every sample has at least 1 token; "
+                         f"{RECREATE}")
+    texts = samples["text"]
+    if texts.isna().any() or not texts.map(lambda t: isinstance(t, str)).all():
+        row = int(np.flatnonzero(~texts.map(lambda t: isinstance(t, str)).to_numpy())[0])
+        raise TraceError(f"{source}: row {row} has no text; {RECREATE}")
+    return samples
+
+
+def check_array(path: Path, shape: tuple[int, ...], *, load: bool = False, mmap: bool = False) -> np.ndarray | None:
+    """Check an ``.npy`` file's header against ``shape`` and a float dtype, and its size against the header;
+    with ``load``, return the array (memory-mapped with ``mmap``). Never unpickles (``allow_pickle=False``).
+
+    Raises ``TraceError`` for an unreadable file, a file that is not an ``.npy`` array (or holds objects), the
+    wrong shape or dtype, or a file too short for its header (a copy cut off).
+    """
+    fmt = np.lib.format
+    with os_errors(path, TraceError), open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            found, fortran, dtype = header(f)
+        except (ValueError, OSError, EOFError) as exc:
+            raise TraceError(f"{path}: not a NumPy array file ({one_line(exc, 120)}); {RECREATE}") from None
+        size, offset = os.fstat(f.fileno()).st_size, f.tell()
+    if dtype.hasobject or dtype.kind != "f":
+        raise TraceError(f"{path}: holds {dtype} values, expected floats; {RECREATE}")
+    if tuple(found) != tuple(shape):
+        raise TraceError(f"{path}: has shape {tuple(found)}, the trace needs {tuple(shape)} (layers, rows, "
+                         f"prototype dimensions); {RECREATE}")
+    needed = offset + int(np.prod(found)) * dtype.itemsize
+    if size < needed:
+        raise TraceError(f"{path}: {size:,} bytes, too short for its {tuple(found)} {dtype} array ({needed:,} "
+                         f"bytes): the file was cut off; {RECREATE}")
+    if not load:
+        return None
+    with os_errors(path, TraceError):
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except ValueError as exc:
+            raise TraceError(f"{path}: unreadable array ({one_line(exc, 120)}); {RECREATE}") from None
 
 
 class _Wide(Mapping):
@@ -187,12 +326,23 @@ class Trace:
         """(N, L, K) distances to every prototype."""
         return np.stack([self.wide[f"dist_{k}"] for k in range(self.num_labels)], axis=-1)
 
+    def check_layer(self, layer) -> int:
+        """``layer`` as an int, if it is one of 1..L; ``TraceError`` otherwise (never Python's negative indexing:
+        layer 0 is not layer L)."""
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= self.num_layers:
+            raise TraceError(f"layer {shorten(layer)} is not one of this trace's layers 1..{self.num_layers}")
+        return int(layer)
+
+    def _array(self, name: str, rows: int, mmap: bool) -> np.ndarray:
+        if self.folder is None or path_kind(self.folder / name, TraceError) != "file":
+            raise TraceError(f"{self.folder or 'this trace'}: no {name}; {RECREATE}")
+        shape = (self.num_layers, rows, int(self.meta["cost_model"]["proto_dim"]))
+        return check_array(self.folder / name, shape, load=True, mmap=mmap)
+
     def embeddings(self, layer: int | None = None) -> np.ndarray:
         """(L, N, d_p) float16, memory-mapped; or one 1-based layer's (N, d_p)."""
-        if self.folder is None or not (self.folder / EMBEDDINGS_FILE).is_file():
-            raise TraceError("this trace has no embeddings file")
-        emb = np.load(self.folder / EMBEDDINGS_FILE, mmap_mode="r")
-        return emb if layer is None else emb[layer - 1]
+        emb = self._array(EMBEDDINGS_FILE, self.num_samples, mmap=True)
+        return emb if layer is None else emb[self.check_layer(layer) - 1]
 
     def save(self, folder: str | Path) -> Path:
         """Write this trace as a trace folder (atomically), e.g. a synthetic or filtered one; embeddings and
@@ -208,37 +358,57 @@ class Trace:
                     shutil.copyfile(self.folder / name, tmp / name)
         return Path(folder)
 
-    def prototypes(self) -> np.ndarray:
-        """(L, K, d_p) class prototypes."""
-        if self.folder is None or not (self.folder / PROTOTYPES_FILE).is_file():
-            raise TraceError("this trace has no prototypes file")
-        return np.load(self.folder / PROTOTYPES_FILE)
+    def prototypes(self, layer: int | None = None) -> np.ndarray:
+        """(L, K, d_p) class prototypes; or one 1-based layer's (K, d_p)."""
+        protos = self._array(PROTOTYPES_FILE, self.num_labels, mmap=False)
+        return protos if layer is None else protos[self.check_layer(layer) - 1]
 
 
 def load_trace(folder: str | Path) -> Trace:
-    """Read and validate a trace directory."""
+    """Read and validate a trace directory, every file where it enters.
+
+    meta.json (``validate_meta``), trace.parquet (``validate``: schema, layer order, label ranges, finite
+    signals), samples.parquet (``validate_samples``) and, when present, the headers of embeddings.npy and
+    prototypes.npy (``check_array``: float, shape (L, N, d_p) and (L, K, d_p), not cut off). Raises
+    ``TraceError`` with one line naming the file and the problem -- a permission problem or a symlink loop as
+    what it is, not as "not found" or "corrupt".
+    """
     folder = Path(folder)
-    if folder.is_file():
-        raise TraceError(f"{folder}: is a file; a trace is the folder that `python -m analysis trace` writes")
-    if not folder.is_dir():
+    kind = path_kind(folder, TraceError)
+    if kind is None:
         raise TraceError(f"{folder}: trace folder not found; make one with `python -m analysis trace`")
+    if kind != "dir":
+        raise TraceError(f"{folder}: is a file; a trace is the folder that `python -m analysis trace` writes")
     for name in (META_FILE, TRACE_FILE, SAMPLES_FILE):
-        if not (folder / name).is_file():
-            raise TraceError(f"{folder}: missing {name}; re-create the trace with `python -m analysis trace`")
+        if path_kind(folder / name, TraceError) != "file":
+            raise TraceError(f"{folder}: missing {name}; {RECREATE}")
+    meta_path = folder / META_FILE
+    with os_errors(meta_path, TraceError):
+        raw = meta_path.read_bytes()
     try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        table = pd.read_parquet(folder / TRACE_FILE)
-        samples = pd.read_parquet(folder / SAMPLES_FILE)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, pa.ArrowException) as exc:
-        raise TraceError(f"{folder}: unreadable trace ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-create it") from None
-    for key in ("num_layers", "label_names", "cost_model"):
-        if key not in meta:
-            raise TraceError(f"{folder / META_FILE}: no {key!r}; re-create the trace")
-    validate(table, int(meta["num_layers"]), len(meta["label_names"]), source=str(folder / TRACE_FILE),
-             labelled=bool(meta.get("labelled", True)))  # traces from before the key are labelled
-    if len(samples) * int(meta["num_layers"]) != len(table) or not {"sample_id", "label", "n_tokens"} <= set(samples.columns):
-        raise TraceError(f"{folder / SAMPLES_FILE}: does not match trace.parquet (sample count or columns)")
+        meta = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{meta_path}: unreadable, not valid JSON ({one_line(exc, 120)}); {RECREATE}") from None
+    validate_meta(meta, str(meta_path))
+    table, samples = (_read_parquet(folder / name) for name in (TRACE_FILE, SAMPLES_FILE))
+    num_layers, num_labels = meta["num_layers"], len(meta["label_names"])
+    validate(table, num_layers, num_labels, source=str(folder / TRACE_FILE),
+             labelled=meta.get("labelled", True))  # traces from before the key are labelled
+    validate_samples(samples, table, num_layers, source=str(folder / SAMPLES_FILE))
+    proto_dim = meta["cost_model"]["proto_dim"]
+    for name, rows in ((EMBEDDINGS_FILE, len(samples)), (PROTOTYPES_FILE, num_labels)):
+        if path_kind(folder / name, TraceError) is not None:
+            check_array(folder / name, (num_layers, rows, proto_dim))
     return Trace(table, samples, meta, folder)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    with os_errors(path, TraceError), open(path, "rb"):
+        pass  # a permission problem is said as one, not as "unreadable"
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceError(f"{path}: unreadable trace file ({one_line(exc, 160)}); {RECREATE}") from None
 
 
 def _rows(out, labels: np.ndarray, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -463,8 +633,10 @@ def trace_from_outputs(
     samples = pd.DataFrame({"sample_id": np.arange(n, dtype=np.int64),
                             "text": texts if texts is not None else [f"sample {i}" for i in range(n)],
                             "label": labels.astype(np.int16), "n_tokens": n_tokens})
-    meta = {"schema_version": SCHEMA_VERSION, "label_names": label_names or [str(k) for k in range(num_labels)],
+    meta = {"schema_version": SCHEMA_VERSION,
+            "label_names": [str(n) for n in label_names] if label_names else [str(k) for k in range(num_labels)],
             "num_layers": num_layers, "num_samples": n, "metric": metric, "is_pair": False, "labelled": labelled,
             "cost_model": cost.to_dict()}
+    validate_meta(meta, "synthetic trace")
     validate(table, num_layers, num_labels, source="synthetic trace", labelled=labelled)
     return Trace(table, samples, meta)

@@ -40,8 +40,8 @@ from .backbones import load_backbone, load_tokenizer
 from .config import ModelConfig, TrainConfig
 from .data import DataBundle, compute_metric
 from .distributed import Dist, process_group
-from .errors import DE3Error
-from .io import atomic_dir, check_output_dir, write_json_atomic
+from .errors import DE3Error, name_list
+from .io import atomic_dir, claim_output, write_json_atomic
 from .model import DE3Bert, PrototypeBank
 
 RESUME_SUFFIX = ".resume"  # <out>.resume/: the latest resumable training state, removed when the run finishes
@@ -198,7 +198,11 @@ def train(
     """
     if not data.labelled:
         raise DE3Error(f"{data.name}: has no labels; training needs a label column (pass --label-column)")
-    with process_group(device) as (ctx, dev):
+    local_backbone = model_config.backbone if Path(model_config.backbone).expanduser().exists() else None
+    # checked before any work (a file, someone else's folder, a read-only place, the backbone itself) and held
+    # against other writers from start to the final save
+    with process_group(device) as (ctx, dev), \
+            claim_output(out_dir, around=[local_backbone], take=ctx.is_main, agree=ctx.all_ok):
         return _train(model_config, train_config, data, Path(out_dir), ctx, dev, data_info=data_info,
                       progress=progress and ctx.is_main, log=log if ctx.is_main else _quiet, resume=resume, on_step=on_step)
 
@@ -207,9 +211,44 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
+# ---- divergence: stop at the first non-finite loss; never save non-finite weights ----
+
+
+class TrainingDiverged(DE3Error):
+    """The loss or the weights stopped being finite: training stops, and nothing non-finite is saved."""
+
+
+def _divergence_hint(cfg: TrainConfig, pos: _Position, out_dir: Path) -> str:
+    """The likely causes, and what ``out_dir`` holds now."""
+    kept = (f"{out_dir} keeps epoch {pos.best_epoch}'s checkpoint" if pos.best_epoch
+            else f"nothing was written to {out_dir}")
+    return (f"likely a learning rate too high (lr_heads {cfg.lr_heads:g}, lr_backbone {cfg.lr_backbone:g}), "
+            f"weight_decay {cfg.weight_decay:g}, or bad data (lower them, check the data); {kept}")
+
+
+def _require_finite_loss(parts: tuple[float, float, float], ctx: Dist, pos: _Position, cfg: TrainConfig,
+                         out_dir: Path) -> None:
+    """Raise ``TrainingDiverged`` at the first step whose loss (total, CE, DAR) is not finite, on every process."""
+    if ctx.all_ok(all(math.isfinite(v) for v in parts)):
+        return
+    loss, ce, dar = parts
+    raise TrainingDiverged(f"training diverged at step {pos.step + 1} (epoch {pos.epoch}): loss {loss:.4g} "
+                           f"(ce {ce:.4g}, dar {dar:.4g}); {_divergence_hint(cfg, pos, out_dir)}")
+
+
+def _require_finite_weights(model: DE3Bert, ctx: Dist, pos: _Position, cfg: TrainConfig, out_dir: Path,
+                            what: str) -> None:
+    """Raise ``TrainingDiverged`` instead of saving ``what`` when a weight or prototype is not finite."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if ctx.all_ok(not bad):
+        return
+    raise TrainingDiverged(f"weights became non-finite by step {pos.step} ({name_list(bad, limit=3, width=50)}); "
+                           f"not saving {what}; {_divergence_hint(cfg, pos, out_dir)}")
+
+
 def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx: Dist, dev: torch.device, *,
            data_info, progress, log, resume, on_step) -> TrainResult:
-    check_output_dir(out_dir)  # before any work: an --out that is a file or someone else's folder is refused
     state_dir = resume_dir(out_dir)
     fingerprint = _data_fingerprint(data)
     pos = _Position()
@@ -246,6 +285,9 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
         raise DE3Error(f"{len(train_enc)} training samples cannot make a batch for {ctx.world_size} processes")
     total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
     num_epochs = math.ceil(total_steps / steps_per_epoch)
+    if cfg.max_steps is not None:  # said once, not silently: max_steps alone sets the length
+        log(f"note: max_steps={cfg.max_steps} sets this run's length ({total_steps / steps_per_epoch:.3g} epochs of "
+            f"{steps_per_epoch} steps); epochs={cfg.epochs} is not used")
 
     from transformers import get_linear_schedule_with_warmup
 
@@ -268,7 +310,11 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
     def elapsed() -> float:
         return earlier + time.perf_counter() - run_start
 
+    def require_finite(what: str) -> None:
+        _require_finite_weights(model, ctx, pos, cfg, out_dir, what)
+
     def save_state() -> None:
+        require_finite(f"the resumable state in {state_dir}")
         pos.elapsed = elapsed()
         _save_state(state_dir, model, optimizer, scheduler, scaler, pos, configs, ctx)
 
@@ -289,6 +335,8 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
                 labels = batch.pop("labels")
                 with _autocast(dev):
                     out_loss, embeddings, ce_loss, dar_loss = net(**batch, labels=labels)
+                parts = (out_loss.item(), ce_loss.item(), dar_loss.item())
+                _require_finite_loss(parts, ctx, pos, cfg, out_dir)  # before the step: NaN never reaches the weights
                 # DDP averages gradients over processes; weighting each process's mean loss by its share of
                 # the global batch makes that average the global batch's mean, even for an uneven last batch.
                 loss = out_loss * (len(local) * ctx.world_size / len(indices)) if ctx.enabled else out_loss
@@ -306,7 +354,7 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
                 pos.step += 1
                 pos.batch_in_epoch = b + 1
                 pos.epoch_samples += len(indices)
-                pos.epoch_losses.append((out_loss.item(), ce_loss.item(), dar_loss.item()))
+                pos.epoch_losses.append(parts)
                 bar.update(1)
                 sps = pos.epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
                 bar.set_postfix(epoch=epoch, loss=f"{pos.epoch_losses[-1][0]:.3f}", dar=f"{pos.epoch_losses[-1][2]:.3f}",
@@ -330,6 +378,7 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
                       f"validation {val.format()}")
             score = val.metric[-1] if cfg.select_by == "last" else float(np.mean(val.metric))
             if pos.best_score is None or score > pos.best_score:
+                require_finite(f"a checkpoint in {out_dir}")
                 pos.best_score, pos.best_epoch = score, epoch
                 if ctx.is_main:
                     model.save_pretrained(out_dir, tokenizer,

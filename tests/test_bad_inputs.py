@@ -597,8 +597,9 @@ def test_killed_trace_keeps_the_previous_trace(base, tmp_path):
     _kill_trace_half_way(base["ckpt"], _big_csv(tmp_path / "big.csv"), out)
     assert snapshot(out) == before  # byte-identical, same modification times
     assert load_trace(out).num_samples == len(pd.read_parquet(base["trace"] / "samples.parquet"))
-    leftovers = [p for p in tmp_path.iterdir() if p.name not in ("trace", "big.csv")]
-    assert all(p.name.startswith(".trace.tmp-") for p in leftovers), leftovers  # hidden, never loaded as a trace
+    # hidden, never loaded as a trace; .trace.lock: the killed writer's lock file, which the kernel has unlocked
+    leftovers = [p for p in tmp_path.iterdir() if p.name not in ("trace", "big.csv", ".trace.lock")]
+    assert all(p.name.startswith(".trace.tmp-") for p in leftovers), leftovers
     assert not any((p / "meta.json").exists() for p in leftovers)  # meta.json comes last: load_trace refuses them
 
 
@@ -606,7 +607,7 @@ def test_killed_trace_leaves_no_output(base, tmp_path):
     out = tmp_path / "trace"
     _kill_trace_half_way(base["ckpt"], _big_csv(tmp_path / "big.csv"), out)
     assert not out.exists()
-    leftovers = [p for p in tmp_path.iterdir() if p.name != "big.csv"]
+    leftovers = [p for p in tmp_path.iterdir() if p.name not in ("big.csv", ".trace.lock")]
     assert all(p.name.startswith(".trace.tmp-") for p in leftovers), leftovers
     for partial in leftovers:
         with pytest.raises(DE3Error, match="missing meta.json"):

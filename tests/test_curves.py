@@ -49,10 +49,11 @@ from tests.test_policies import random_trace
 
 
 def awkward_policies(trace):
-    """Thresholds exactly at data values, between float32 neighbours, ints, infinities, NaN, np.float64."""
+    """Thresholds exactly at data values, between float32 neighbours, ints, infinities, np.float64 (NaN is refused:
+    ``test_nan_threshold_is_refused``)."""
     values = np.unique(trace.wide["entropy"][:, :-1])[::37]
     taus = [float(v) for v in values] + [float(np.nextafter(np.float64(v), 2.0)) for v in values[:5]]
-    taus += [0, 1, 0.0, float("inf"), float("-inf"), float("nan"), np.float64(values[3]) + 1e-12]
+    taus += [0, 1, 0.0, float("inf"), float("-inf"), np.float64(values[3]) + 1e-12]
     out = []
     for t in taus:
         out += [ExitPolicy("entropy", tau=t), ExitPolicy("dr", tau=t), ExitPolicy("de3", tau=t, lambda_=2.0),
@@ -91,7 +92,8 @@ def test_threshold_totals_equal_decide_exits_exactly():
             assert totals.counts[j].tolist() == np.bincount(d.exit_layer - 1, minlength=4).tolist()
             confusion = np.zeros((3, 3), dtype=int)
             np.add.at(confusion, (trace.labels, d.pred), 1)
-            assert (totals.confusion[j] == confusion).all()
+            assert (totals.right[j] == np.diag(confusion)).all()  # the confusion matrix's margins, exactly
+            assert (totals.answered[j] == confusion.sum(0)).all()
 
 
 def test_default_grid_covers_every_policy_and_both_extremes():
@@ -340,12 +342,16 @@ def test_cli_user_errors(tmp_path):
     with pytest.raises(DE3Error, match="not found"):
         run_cli(["compare", "--trace", str(tmp_path / "nope")])
     folder = save_trace(random_trace(), tmp_path / "trace")
-    with pytest.raises(CurveError, match="speed-ups"):
-        run_cli(["compare", "--trace", str(folder), "--speedups", "0.5"])
+    for argv in (["compare", "--trace", str(folder), "--speedups", "0.5"],
+                 ["compare", "--trace", str(folder), "--max-speedup", "1"],
+                 ["compare", "--trace", str(folder), "--speedups", "1.5,fast"],
+                 ["curves", "--trace", str(folder), "--out", str(tmp_path / "c.csv"), "--lambdas", "nan"]):
+        with pytest.raises(SystemExit):  # argparse refuses a value outside its declared range (analysis.validate)
+            run_cli(argv)
+    with pytest.raises(CurveError, match="speed-ups"):  # the API reads the same declaration
+        compare(load_trace(folder), None, speedups=(0.5,))
     with pytest.raises(CurveError, match="max speed-up"):
-        run_cli(["compare", "--trace", str(folder), "--max-speedup", "1"])
-    with pytest.raises(SystemExit):  # argparse rejects a malformed list itself
-        run_cli(["compare", "--trace", str(folder), "--speedups", "1.5,fast"])
+        compare(load_trace(folder), None, max_speedup=1.0)
     with pytest.raises(CurveError, match="folder"):
         run_cli(["curves", "--trace", str(folder), "--out", str(tmp_path)])
 
