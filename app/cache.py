@@ -46,7 +46,13 @@ def _model(folder: str, size, mtime, device: str):
     from analysis.backbones import pick_device
     from analysis.checkpoint import load_checkpoint
 
-    return load_checkpoint(folder, device=pick_device(device))
+    with _LOADING:
+        return load_checkpoint(folder, device=pick_device(device))
+
+
+# transformers resolves its names lazily on first use, and two sessions loading two checkpoints at once could see it
+# half-initialised ("cannot import name 'CONFIG_MAPPING'", seen in the browser test): one load at a time.
+_LOADING = threading.Lock()
 
 
 def get_model(checkpoint: str, device: str = "auto"):
@@ -59,7 +65,8 @@ def _engine(folder: str, size, mtime, device: str):
     from analysis.engine import EarlyExitEngine
 
     model, tokenizer = _model(folder, size, mtime, device)
-    return EarlyExitEngine(model, tokenizer)
+    with _LOADING:
+        return EarlyExitEngine(model, tokenizer)
 
 
 def get_engine(checkpoint: str, device: str = "auto"):
@@ -78,7 +85,8 @@ def _folder_lock(folder: str) -> threading.Lock:
 def trace_ref(source: sources.TraceSource, *, device: str = "auto", progress=None) -> TraceRef:
     """The trace of ``source``: found on disk, or computed once (``progress(done, total)`` while it runs).
 
-    Two sessions asking for the same new trace compute it once: the second waits on the folder's lock.
+    Two sessions asking for the same new trace compute it once: the second waits on the folder's lock (and
+    ``sources.compute_trace`` waits for another process writing the same folder).
     """
     folder = sources.trace_folder(source)
     if not sources.has_trace(folder):
@@ -153,7 +161,7 @@ def get_per_layer(ref: TraceRef) -> pd.DataFrame:
 def get_projection(ref: TraceRef, layer: int, config: ProjectionConfig) -> tuple[np.ndarray, np.ndarray]:
     """(points (N, 2), prototype points (K, 2)) of one layer, computed once per (trace, layer, config)."""
     trace = get_trace(ref)
-    return project_layer(trace.embeddings(layer), trace.prototypes()[layer - 1], config)
+    return project_layer(trace.embeddings(layer), trace.prototypes(layer), config)  # a layer outside 1..L: TraceError
 
 
 # ---- warm-up -----------------------------------------------------------------------------------------------

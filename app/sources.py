@@ -26,15 +26,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from analysis.data import TRACE_SPLITS
 from analysis.errors import DE3Error, shorten
-from analysis.io import atomic_file
+from analysis.io import atomic_file, os_error_message, output_lock, path_kind
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
-DEFAULT_CHECKPOINT = "pretrained/bbc-minilm-l6"
+DEFAULT_CHECKPOINT = "pretrained/sst2-minilm-l6"
 DEFAULT_GLUE_DIR = (REPO.parent / "shared" / "data" / "glue")
 GLUE_TASKS = ("sst2", "mrpc", "rte", "qnli", "qqp", "mnli", "cola")
-SPLITS = ("test", "validation", "train")
+SPLITS = tuple(sorted(TRACE_SPLITS, key=("test", "validation", "train", "all").index))  # the order offered
+SPLIT_LABELS = {**{s: s for s in SPLITS}, "all": "all rows"}
 OWN_DATA = "own"
 CACHE_VERSION = 1
 ROOTS_ENV = "DE3_APP_ROOTS"
@@ -72,9 +74,18 @@ def _show_root(root: Path) -> str:
 def check_allowed(path: str | Path, typed: str, what: str) -> Path:
     """``path`` resolved (``~`` expanded, symlinks followed), if it lies inside one of ``allowed_roots()``.
 
-    Raises ``DE3Error`` naming the roots otherwise -- before anything at that path is read.
+    Raises ``DE3Error`` naming the roots otherwise -- before anything at that path is read -- and for a path that
+    cannot be looked up at all (a NUL byte, a symlink loop, a folder it may not enter).
     """
-    resolved = Path(path).expanduser().resolve()
+    if "\x00" in str(path) or "\x00" in typed:
+        raise DE3Error(f"{what} {shorten(typed, 120)} contains a NUL byte, which no path can hold; type the path "
+                       "again")
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        reason = f"{typed}: a symlink loop (a link that leads back to itself); fix or remove the link" \
+            if isinstance(exc, RuntimeError) else os_error_message(exc, typed)
+        raise DE3Error(f"{what} {reason}") from None
     roots = allowed_roots()
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved
@@ -106,7 +117,7 @@ class TraceSource:
     def describe(self) -> str:
         data = {OWN_DATA: "its own data"}.get(self.data, self.display_name or self.data)
         limit = f", first {self.max_samples}" if self.max_samples else ""
-        return f"{Path(self.checkpoint).name} · {data} · {self.split}{limit}"
+        return f"{Path(self.checkpoint).name} · {data} · {SPLIT_LABELS.get(self.split, self.split)}{limit}"
 
     def key(self) -> dict:
         """The fields that decide the trace's content (not the display name)."""
@@ -119,10 +130,10 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     """A checkpoint folder as typed (relative to the repository or absolute), checked to lie inside the allowed
     roots and to exist; returned resolved."""
     path = check_allowed(_under_repo(checkpoint), checkpoint, "checkpoint folder")
-    if not path.is_dir():
-        raise DE3Error(f"checkpoint folder {checkpoint!r} not found; type a folder written by "
+    if path_kind(path) != "dir":
+        raise DE3Error(f"checkpoint folder {shorten(checkpoint, 120)} not found; type a folder written by "
                        "`python -m analysis train` (it holds config.json and model.safetensors)")
-    if not (path / "config.json").is_file():
+    if path_kind(path / "config.json") != "file":
         raise DE3Error(f"{checkpoint}: no config.json; this is not a checkpoint folder written by `python -m analysis train`")
     return path
 
@@ -134,12 +145,33 @@ def shipped_checkpoints() -> list[str]:
     return sorted(found, key=lambda c: c != DEFAULT_CHECKPOINT)
 
 
-def checkpoint_layers(checkpoint: str) -> int | None:
-    """Number of layers from a checkpoint's config.json, or None when unreadable."""
+def checkpoint_card(checkpoint: str) -> dict[str, str]:
+    """The ``key: value`` lines of a checkpoint's model card front matter (the YAML block between ``---`` lines at
+    the top of its README.md, as on the Hugging Face hub): ``title`` (a few words) and ``description`` (one line
+    saying what it shows) for the shipped ones. Empty when there is no card."""
     try:
-        return int(json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["num_hidden_layers"])
+        lines = (resolve_checkpoint(checkpoint) / "README.md").read_text(encoding="utf-8").splitlines()
+    except (DE3Error, OSError, UnicodeDecodeError):
+        return {}
+    if not lines or lines[0].strip() != "---":
+        return {}
+    card: dict[str, str] = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return card
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            card[key.strip()] = value.strip().strip('"')
+    return {}  # no closing line: not front matter
+
+
+def checkpoint_layers(checkpoint: str) -> int | None:
+    """Number of layers from a checkpoint's config.json, or None when unreadable or not a positive integer."""
+    try:
+        layers = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["num_hidden_layers"]
     except (DE3Error, OSError, ValueError, KeyError, TypeError):
         return None
+    return layers if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1 else None
 
 
 def _weights_stamp(folder: Path) -> list:
@@ -201,7 +233,38 @@ def trace_stamp(folder: Path) -> int:
 
 
 def has_trace(folder: Path) -> bool:
-    return (folder / "meta.json").is_file()
+    return path_kind(folder / "meta.json") == "file"
+
+
+# Library messages name command-line flags; the app says which control to change instead. Phrases first, then
+# any flag left. (regex, replacement), applied in order by ``in_app_words``.
+APP_WORDS = (
+    (r"pass --(label|text)-column with one of these", lambda m: f"choose one of these as the {m.group(1).title()} column"),
+    (r"pass (?:a valid |a different |e\.g\. )?--(label|text)-column(?: \d+)?(?: as a 0-based index)?",
+     lambda m: f"choose {'another' if 'different' in m.group(0) else 'the'} {m.group(1).title()} column"),
+    (r"\ba --(label|text)-column", lambda m: f"a {m.group(1).title()} column"),
+    (r"\(?trace or evaluate every row with --split all\)?", "or choose the Split “all rows”"),
+    (r"pass --data-dir pointing at", "type into the Local GLUE folder box"),
+    (r"pass --data(?: instead)?\b", "choose the Data"),
+    (r"--(label|text)-column", lambda m: f"the {m.group(1).title()} column"),
+    (r"--no-header", "the “First row holds column names” box"),
+    (r"--data-dir", "the Local GLUE folder box"),
+    (r"--max-samples", "the “Trace at most” box"),
+    (r"--split", "the Split box"),
+    (r"(?:make one|re-create (?:it|the trace)) with `python -m analysis trace`", "press Load trace again"),
+)
+
+
+def in_app_words(message: str, path: Path | None = None, display_name: str | None = None) -> str:
+    """A library message as the app should show it: the controls to change instead of command-line flags, and an
+    upload's own name instead of the hash it is stored under."""
+    import re
+
+    if path is not None and display_name:
+        message = message.replace(str(path), display_name)
+    for pattern, words in APP_WORDS:
+        message = re.sub(pattern, words, message)
+    return message
 
 
 def load_split(source: TraceSource):
@@ -220,25 +283,33 @@ def load_split(source: TraceSource):
             data = load_checkpoint_data(ckpt, spec=str(path), header=source.header, label_column=source.label_column,
                                         text_columns=list(source.text_columns) if source.text_columns else None)
         except DE3Error as exc:  # an upload is stored under a hash: name it as the user knows it
-            if not source.display_name:
-                raise
-            raise type(exc)(str(exc).replace(str(path), source.display_name)) from None
+            raise type(exc)(in_app_words(str(exc), path, source.display_name)) from None
     split = data.split(source.split)
     if source.max_samples:
         split = split.subset(range(min(source.max_samples, len(split))))
     return split, data
 
 
+TRACE_WAIT_S = 1800  # how long a session waits for another process tracing the same source
+
+
 def compute_trace(source: TraceSource, model, tokenizer, folder: Path,
                   on_progress: Callable[[int, int], None] | None = None) -> Path:
-    """Trace ``source`` with an already loaded model into ``folder`` (written atomically)."""
+    """Trace ``source`` with an already loaded model into ``folder`` (written atomically, locked).
+
+    Another process writing ``folder`` (a second app server, a command) is waited for, up to ``TRACE_WAIT_S``;
+    when it has left a complete trace there, that one is used.
+    """
     from analysis.trace import write_trace
 
-    split, data = load_split(source)
-    info = {"checkpoint": source.checkpoint, "data": data.name, "split": source.split,
-            "source": source.key() | {"display_name": source.display_name}}
-    write_trace(model, tokenizer, split, folder, label_names=list(data.label_names), metric=data.metric,
-                info=info, progress=False, on_progress=on_progress)
+    with output_lock(folder, "the app", what="trace folder", wait=TRACE_WAIT_S):
+        if has_trace(folder):
+            return folder
+        split, data = load_split(source)
+        info = {"checkpoint": source.checkpoint, "data": data.name, "split": source.split,
+                "source": source.key() | {"display_name": source.display_name}}
+        write_trace(model, tokenizer, split, folder, label_names=list(data.label_names), metric=data.metric,
+                    info=info, progress=False, on_progress=on_progress)
     return folder
 
 
@@ -288,8 +359,7 @@ def preview_columns(path: Path, header: bool = True, rows: int = 5, display_name
     try:
         names, columns = read_columns(path, header=header)
     except DE3Error as exc:
-        message = str(exc)
-        raise DE3Error(message.replace(str(path), display_name) if display_name else message) from None
+        raise DE3Error(in_app_words(str(exc), path, display_name)) from None
     frame = pd.DataFrame({i: col[:rows] for i, col in enumerate(columns)})
     frame.columns = [str(n) for n in names] if names is not None else [str(i) for i in range(len(columns))]
     return frame

@@ -13,19 +13,20 @@ without patience) does not lose its value. Nothing here is cached across session
 trace never see a policy.
 
 URL: the first run of a session reads ``st.query_params`` (policy, tau, lambda, patience, layer, ckpt,
-data, split, sample, map_layer, color, bucket); every run writes the current values back, so the address bar
-always holds a link that reopens the same view.
+data, split, sample, map_layer, color, bucket); a number outside its declared range (``URL_NUMBERS``) is ignored
+with a warning. Every run writes the current values back, so the address bar always holds a link that reopens the
+same view.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import streamlit as st
 
-from analysis.errors import DE3Error, one_line
+from analysis.errors import DE3Error, one_line, shorten
 from analysis.policies import POLICIES, POLICY_LABELS, ExitPolicy
+from analysis.validate import POLICY, RUN, BadNumber, Range
 from app import cache, derive, sources
 
 DEFAULT_POLICY = {"name": "de3", "tau": dict(derive.DEFAULT_TAUS), "lambda_": 1.0, "patience": 2, "layer": 2}
@@ -95,12 +96,27 @@ def set_policy(policy: ExitPolicy) -> None:
 # ---- URL ---------------------------------------------------------------------------------------------------
 
 
-def _number(text, cast=float):
-    try:
-        value = cast(float(text)) if cast is int else cast(text)
-    except (TypeError, ValueError):
+# The URL's numbers and their declared ranges (analysis/validate.py); a value outside one is ignored, with a warning.
+URL_NUMBERS = {
+    "tau": Range(0),  # the τ slider: finite (it cannot show an infinity), >= 0 like every signal it is compared with
+    "lambda": POLICY["lambda_"],
+    "patience": POLICY["patience"],
+    "layer": POLICY["layer"],
+    "sample": RUN["sample"],
+    "map_layer": POLICY["layer"],
+    "max_samples": RUN["max_samples"],
+}
+
+
+def _url_number(qp, key: str, problems: list[str]) -> int | float | None:
+    """The URL's number ``key`` read against its declared range; None when absent or bad (then a problem is noted)."""
+    if key not in qp:
         return None
-    return value if math.isfinite(value) else None
+    try:
+        return URL_NUMBERS[key].parse(qp.get(key))
+    except BadNumber as exc:
+        problems.append(f"ignored {key} in the link: {key} {exc}")
+        return None
 
 
 def read_query_params() -> list[str]:
@@ -119,23 +135,19 @@ def read_query_params() -> list[str]:
         if name in POLICIES:
             p["name"] = name
         else:
-            problems.append(f"unknown policy {name!r} in the link (choose one of {', '.join(POLICIES)})")
-    for key, field, cast, ok in (("tau", "tau", float, lambda v: v >= 0), ("lambda", "lambda_", float, lambda v: v >= 0),
-                                 ("patience", "patience", int, lambda v: v >= 1), ("layer", "layer", int, lambda v: v >= 1)):
-        if key in qp:
-            value = _number(qp.get(key), cast)
-            if value is None or not ok(value):
-                problems.append(f"ignored {key}={qp.get(key)!r} in the link")
-            elif field == "tau":
-                p["tau"][p["name"]] = value
-            else:
-                p[field] = value
+            problems.append(f"unknown policy {shorten(name)} in the link (choose one of {', '.join(POLICIES)})")
+    tau = _url_number(qp, "tau", problems)
+    if tau is not None:
+        p["tau"][p["name"]] = tau
+    for key, field in (("lambda", "lambda_"), ("patience", "patience"), ("layer", "layer")):
+        value = _url_number(qp, key, problems)
+        if value is not None:
+            p[field] = value
     page = page_state()
     for key in ("sample", "map_layer"):
-        if key in qp:
-            value = _number(qp.get(key), int)
-            if value is not None:
-                page[key] = value
+        value = _url_number(qp, key, problems)
+        if value is not None:
+            page[key] = value
     for key in ("color", "method", "bucket"):
         if key in qp:
             page[key] = qp.get(key)
@@ -150,8 +162,9 @@ def read_query_params() -> list[str]:
             changes["data_dir"] = qp.get("data_dir") or str(sources.DEFAULT_GLUE_DIR)
     if qp.get("split") in sources.SPLITS:
         changes["split"] = qp.get("split")
-    if qp.get("max_samples"):
-        changes["max_samples"] = _number(qp.get("max_samples"), int) or None
+    max_samples = _url_number(qp, "max_samples", problems)
+    if max_samples is not None:
+        changes["max_samples"] = max_samples
     if changes:
         set_source(replace(src, **changes))
     return problems
@@ -212,7 +225,7 @@ def load_context(where=None) -> Context:
         ref = trace_with_progress(src, where=where)
         trace = cache.get_trace(ref)
     except DE3Error as exc:
-        error = str(exc)
+        error = sources.in_app_words(str(exc))
     except OSError as exc:  # an unreadable folder or file named in the URL: a user mistake, not a bug
         error = f"{src.describe()}: {one_line(exc)}"
     num_layers = trace.num_layers if trace is not None else sources.checkpoint_layers(src.checkpoint)
@@ -322,10 +335,24 @@ def operating_point_sidebar(ctx: Context) -> None:
         return
     from analysis.curves import evaluate_policy
 
-    r = evaluate_policy(ctx.trace, ctx.policy)
-    st.sidebar.caption(f"Now: **{r['speedup']:.2f}×** speed-up · {ctx.trace.metric} **{100 * r['metric']:.1f}%** · "
-                       f"FLOPs **{100 * r['flops_ratio']:.0f}%** of full")
-    st.sidebar.caption(f"Trace: {ctx.source.describe()} ({ctx.trace.num_samples} samples, {ctx.trace.num_layers} layers)")
+    trace = ctx.trace
+    r = evaluate_policy(trace, ctx.policy)
+    score = f" · {derive.metric_name(trace.metric)} **{derive.fmt_metric(r['metric'], trace.metric)}**" if trace.labelled else ""
+    st.sidebar.caption(f"Now: **{r['speedup']:.2f}×** speed-up{score} · FLOPs **{100 * r['flops_ratio']:.0f}%** of full")
+    st.sidebar.caption(f"Trace: {ctx.source.describe()} ({trace.num_samples} samples, {trace.num_layers} layers)")
+    note = derive.sample_size_note(trace)
+    if note:
+        st.sidebar.warning(note, icon=":material/straighten:")
+
+
+def has_labels(ctx: Context, what: str) -> bool:
+    """Whether the trace has labels; if not, say on the page that ``what`` needs them (instead of numbers)."""
+    if ctx.trace.labelled:
+        return True
+    st.info(f"{what} needs the true labels, and this trace has none: {ctx.source.describe()} was traced for its "
+            "predictions only. To score it, open the **Overview** page and choose the file's **Label column**.",
+            icon=":material/label_off:")
+    return False
 
 
 # ---- the frame around every page ---------------------------------------------------------------------------

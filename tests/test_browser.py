@@ -1,5 +1,6 @@
 """One real-browser check: the app served by `streamlit run` on localhost, every page opened in headless Debian
-Chromium (driven by Playwright), a Plotly chart rendered where the page has one, no error box, a screenshot each.
+Chromium (driven by Playwright) for both shipped checkpoints, a Plotly chart rendered where the page has one, no error
+box, a screenshot each.
 
 Screenshots go to $DE3_SCREENSHOTS (default: runs/screenshots/) to be looked at. Skips only outside CI when
 Chromium or Playwright is missing; in CI (CI=true) a missing browser is a failure.
@@ -7,6 +8,7 @@ Chromium or Playwright is missing; in CI (CI=true) a missing browser is a failur
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -31,6 +33,7 @@ PAGES = {
     "playground": False,  # waits for a sentence
     "export": False,
 }
+CHECKPOINTS = {"sst2": "", "bbc": "?ckpt=pretrained/bbc-minilm-l6"}  # the default, and the multi-class example
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -94,21 +97,21 @@ def test_every_page_renders_in_chromium(server):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        for path, needs_chart in PAGES.items():
-            page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+        for (path, needs_chart), (name, query) in itertools.product(PAGES.items(), CHECKPOINTS.items()):
+            page.goto(f"{url}/{path}{query}", wait_until="domcontentloaded")
             # the app is ready when its sidebar navigation is there and nothing is still running
             page.wait_for_selector('[data-testid="stSidebarNav"]', timeout=120_000)
             if needs_chart:
                 try:
                     page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
                 except Exception:
-                    problems.append(f"/{path}: no Plotly chart rendered")
+                    problems.append(f"/{path}{query}: no Plotly chart rendered")
             page.wait_for_function(
                 "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
             errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
             if errors.count():
-                problems.append(f"/{path}: error box: {errors.first.inner_text()[:300]}")
-            page.screenshot(path=str(shots / f"{path or 'overview'}.png"), full_page=True)
+                problems.append(f"/{path}{query}: error box: {errors.first.inner_text()[:300]}")
+            page.screenshot(path=str(shots / f"{name}-{path or 'overview'}.png"), full_page=True)
         browser.close()
     assert not problems, "\n".join(problems) + f"\nserver log: {log.read_text()[-1500:]}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

@@ -5,6 +5,7 @@ import io
 import json
 from urllib.parse import urlencode
 
+import pandas as pd
 import streamlit as st
 
 from analysis.curves import evaluate_policy
@@ -41,7 +42,8 @@ def figures(ctx) -> dict:
 
     def exits():
         d = decide_exits(trace.wide, policy)
-        return charts.exit_distribution(d.exit_layer, d.pred == trace.labels, num_layers=trace.num_layers)
+        return charts.exit_distribution(d.exit_layer, d.pred == trace.labels if trace.labelled else None,
+                                        num_layers=trace.num_layers)
 
     def histograms():
         sig = derive.policy_signal(trace, policy)
@@ -49,20 +51,26 @@ def figures(ctx) -> dict:
         tau = policy.tau if sig else None
         if name == "max_prob":
             values, tau = 1.0 - values, (None if tau is None else 1.0 - tau)
-        return charts.signal_histograms(values, trace.wide["correct"], tau=tau, signal_label=derive.SIGNAL_LABELS[name])
+        correct = trace.wide["correct"] if trace.labelled else None
+        return charts.signal_histograms(values, correct, tau=tau, signal_label=derive.SIGNAL_LABELS[name])
 
     def proto_map():
-        layer = int(state.page_state().get("map_layer", (trace.num_layers + 1) // 2))
+        layer, problem = derive.map_layer(state.page_state().get("map_layer"), trace.num_layers)
+        if problem:  # a link's layer outside 1..L: say which layer is shown instead
+            st.warning(problem)
+            state.set_page(map_layer=layer)
         config = st.session_state.get("map_config") or derive.projection_config(trace, state.page_state().get("method", "umap"))
         points, protos = cache.get_projection(ref, layer, config)
+        color, what = (trace.labels, "true class") if trace.labelled else \
+            (trace.wide["pred"][:, layer - 1], f"prediction at layer {layer}")
         return charts.prototype_map(points, protos, sample_ids=trace.samples["sample_id"].to_numpy(),
-                                    color=trace.labels, color_label="true class", categories=trace.label_names,
+                                    color=color, color_label=what, categories=trace.label_names,
                                     category_colors=[charts.class_color(k) for k in range(trace.num_labels)],
                                     class_names=trace.label_names,
                                     hover=[f"sample {i}" for i in trace.samples["sample_id"]])
 
-    return {"Trade-off (all policies)": tradeoff, "Each exit's metric": layer_bars,
-            "Exit-layer distribution": exits, "Signal histograms per layer": histograms,
+    scored = {"Trade-off (all policies)": tradeoff, "Each exit's metric": layer_bars} if trace.labelled else {}
+    return {**scored, "Exit-layer distribution": exits, "Signal histograms per layer": histograms,
             "Prototype map (current layer)": proto_map}
 
 
@@ -88,7 +96,11 @@ def render() -> None:
 
     st.subheader("Data")
     decision = decide_exits(trace.wide, policy)
-    tax = taxonomy.error_buckets(trace, decision, policy)
+    if trace.labelled:
+        tax = taxonomy.error_buckets(trace, decision, policy)
+    else:  # no labels, no buckets: where each sample leaves and what it answers
+        tax = pd.DataFrame({"sample_id": trace.samples["sample_id"], "pred": decision.pred,
+                            "exit_layer": decision.exit_layer})
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button("Trace (CSV, one row per sample × layer)", lambda: _csv(trace.table), file_name="trace.csv",
                        mime="text/csv", key="ex_trace_csv")
@@ -102,8 +114,9 @@ def render() -> None:
                        mime="text/csv", key="ex_exits", help=policy.describe())
     c3.download_button("All policies' curves (CSV)", lambda: _csv(cache.get_sweep(ctx.ref, policy.lambda_, policy.patience)),
                        file_name="curves.csv", mime="text/csv", key="ex_curves")
-    c4.download_button("Matched speed-up table (CSV)", lambda: _csv(cache.get_matched(ctx.ref, policy.lambda_)),
-                       file_name="matched.csv", mime="text/csv", key="ex_matched")
+    if trace.labelled:
+        c4.download_button("Matched speed-up table (CSV)", lambda: _csv(cache.get_matched(ctx.ref, policy.lambda_)),
+                           file_name="matched.csv", mime="text/csv", key="ex_matched")
     c4.download_button("Trace meta (JSON)", json.dumps(trace.meta, indent=2, default=str), file_name="meta.json",
                        mime="application/json", key="ex_meta")
     st.caption(f"{trace.num_samples} samples × {trace.num_layers} layers; columns: {', '.join(trace.table.columns[:10])}, "

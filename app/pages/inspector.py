@@ -51,8 +51,9 @@ def picker(trace, decision) -> int:
         if b2.button("▶", key="insp_next", help="next sample", disabled=current == n - 1):
             _set_sample(current + 1)
             st.rerun()
-        wrong = np.flatnonzero(decision.pred != trace.labels)
-        if b3.button("next ✗", key="insp_wrong", help="next sample the current policy gets wrong", disabled=len(wrong) == 0):
+        wrong = np.flatnonzero(decision.pred != trace.labels) if trace.labelled else np.array([], dtype=int)
+        if b3.button("next ✗", key="insp_wrong", disabled=len(wrong) == 0,
+                     help="next sample the current policy gets wrong" if trace.labelled else "needs labels"):
             later = wrong[wrong > current]
             _set_sample(int(later[0] if len(later) else wrong[0]))
             st.rerun()
@@ -79,17 +80,16 @@ def render() -> None:
     ctx = state.require_trace()
     if ctx is None:
         return
-    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    trace, policy = ctx.trace, ctx.policy
     L, names = trace.num_layers, trace.label_names
     st.title("Sample inspector")
     decision = decide_exits(trace.wide, policy)
     i = picker(trace, decision)
-    label = int(trace.labels[i])
+    label = int(trace.labels[i]) if trace.labelled else None
     e, answer = int(decision.exit_layer[i]), int(decision.pred[i])
-    right = answer == label
     row = trace.samples.iloc[i]
 
-    st.subheader(f"Sample {i} — true class: {names[label]}")
+    st.subheader(f"Sample {i} — true class: {names[label] if label is not None else 'unknown (no labels)'}")
     with st.container(height=170, border=True):
         st.text(row["text"])
         if "text_pair" in trace.samples and isinstance(row.get("text_pair"), str):
@@ -98,9 +98,14 @@ def render() -> None:
     final_pred = int(trace.wide["pred"][i, -1])
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("exits at layer", f"{e} of {L}")
-    m2.metric("answer at exit", names[answer], delta="right" if right else "wrong", delta_color="normal" if right else "inverse")
-    m3.metric("final layer says", names[final_pred], delta="right" if final_pred == label else "wrong",
-              delta_color="normal" if final_pred == label else "inverse")
+
+    def verdict(pred: int) -> dict:  # the metric's right/wrong badge; none without a label
+        if label is None:
+            return {}
+        return {"delta": "right", "delta_color": "normal"} if pred == label else {"delta": "wrong", "delta_color": "inverse"}
+
+    m2.metric("answer at exit", names[answer], **verdict(answer))
+    m3.metric("final layer says", names[final_pred], **verdict(final_pred))
     m4.metric("tokens", int(trace.n_tokens[i]))
     st.caption(f"Under {policy.describe()}: exit test **{derive.exit_test_text(policy)}** at layers 1..{L - 1}.")
 
@@ -113,8 +118,10 @@ def render() -> None:
         shown["max_prob"] = sig["max_prob"][i]
     log_y = st.toggle("log scale", value=True, key="insp_log")
     st.plotly_chart(charts.signal_trajectory(shown, tau=tau if tested_name else None, tested=tested_name, exit_layer=e,
-                                             correct=trace.wide["correct"][i], log_y=log_y and tested_name != "max_prob",
-                                             title="Exit signals per layer (lower = more confident); ✓/✗ = that layer's prediction right/wrong"),
+                                             correct=trace.wide["correct"][i] if label is not None else None,
+                                             log_y=log_y and tested_name != "max_prob",
+                                             title="Exit signals per layer (lower = more confident)"
+                                                   + ("; ✓/✗ = that layer's prediction right/wrong" if label is not None else "")),
                     key="insp_signals")
 
     left, right_col = st.columns(2)
@@ -129,6 +136,15 @@ def render() -> None:
                         key="insp_dists")
 
     st.subheader("Where each policy would let it out")
+    if state.has_labels(ctx, "Comparing policies at a matched speed-up"):
+        policy_strip(ctx, i)
+    layer_table(trace, policy, i, e, sig)
+
+
+def policy_strip(ctx, i: int) -> None:
+    """Where every policy, at its best setting at least as fast as the current one, lets sample ``i`` out."""
+    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    L, names = trace.num_layers, trace.label_names
     result = evaluate_policy(trace, policy)
     curves = cache.get_sweep(ref, policy.lambda_, policy.patience)
     matched = derive.matched_settings(curves, result["speedup"], lambda_=policy.lambda_, patience=policy.patience)
@@ -142,10 +158,16 @@ def render() -> None:
         st.dataframe(exits.assign(policy=[POLICY_LABELS[p] for p in exits["policy"]], pred=[names[p] for p in exits["pred"]]),
                      hide_index=True, width="stretch")
 
+
+def layer_table(trace, policy, i: int, e: int, sig: dict) -> None:
+    """Sample ``i``'s prediction, signals and exit test at every layer."""
+    L, names = trace.num_layers, trace.label_names
+    pred_path = np.asarray(trace.wide["pred"][i])
     st.subheader("Layer by layer")
     table = pd.DataFrame({
         "layer": np.arange(1, L + 1), "prediction": [names[p] for p in pred_path],
-        "right": trace.wide["correct"][i].astype(bool), "max-prob": trace.wide["max_prob"][i],
+        **({"right": trace.wide["correct"][i].astype(bool)} if trace.labelled else {}),
+        "max-prob": trace.wide["max_prob"][i],
         "entropy": sig["entropy"][i], "r1": trace.wide["r1"][i], "r2": trace.wide["r2"][i], "DR": sig["dr"][i],
         f"EDR (λ={policy.lambda_:g})": sig["edr"][i],
         "exit test": exit_test_column(trace, policy, i, e),

@@ -15,6 +15,8 @@ def render() -> None:
     trace, policy = ctx.trace, ctx.policy
     names = trace.label_names
     st.title("Misclassified early exits")
+    if not state.has_labels(ctx, "Telling right exits from wrong ones"):
+        return
     st.markdown(f"Every sample falls in exactly one bucket under **{policy.describe()}**. Change the policy in the "
                 "sidebar and watch samples move between buckets.")
     decision = decide_exits(trace.wide, policy)

@@ -6,11 +6,13 @@ import numpy as np
 import streamlit as st
 
 from analysis.curves import evaluate_policy
+from analysis.data import DEFAULT_LABEL_COLUMNS, DEFAULT_PAIR_COLUMNS, DEFAULT_TEXT_COLUMNS
 from analysis.errors import DE3Error, one_line
 from analysis.policies import decide_exits
 from app import cache, charts, derive, sources, state, text
 
 OTHER = "Other folder…"
+NO_LABELS = "(none: predictions only)"  # offered when no column has a label column's usual name
 DATA_KINDS = {"own": "The checkpoint's own data", "glue": "A GLUE task", "file": "Upload a CSV / TSV file"}
 
 
@@ -33,11 +35,6 @@ def source_picker(current: sources.TraceSource) -> None:
                                             f"runs/, its cache folder, the default GLUE folder and ${sources.ROOTS_ENV}.")
         else:
             checkpoint = choice
-        st.session_state.setdefault("ov_split", current.split)
-        split = st.selectbox("Split", sources.SPLITS, key="ov_split")
-        st.session_state.setdefault("ov_max", current.max_samples or 0)
-        max_samples = st.number_input("Trace at most this many samples (0 = all)", min_value=0, step=100, key="ov_max",
-                                      help="Tracing runs every layer once: ≈10 samples/s on CPU for long texts.")
     with right:
         kind_now = "own" if current.data == "own" else "glue" if current.data.startswith("glue/") else "file"
         st.session_state.setdefault("ov_kind", kind_now)
@@ -59,6 +56,16 @@ def source_picker(current: sources.TraceSource) -> None:
             extra = {"data": sources.OWN_DATA}
     if extra is None:
         return
+    s1, s2 = st.columns(2)
+    # an upload is usually a file to look at whole; a training source has its own test split
+    split_key = "ov_split_file" if kind == "file" else "ov_split"
+    st.session_state.setdefault(split_key, current.split if kind == kind_now else "all" if kind == "file" else "test")
+    split = s1.selectbox("Split", sources.SPLITS, key=split_key, format_func=sources.SPLIT_LABELS.get,
+                         help="all rows = every row of the data, in file order; train / validation / test = the "
+                              "seeded split the checkpoint's training used (80/10/10 for a file).")
+    st.session_state.setdefault("ov_max", current.max_samples or 0)
+    max_samples = s2.number_input("Trace at most this many samples (0 = all)", min_value=0, step=100, key="ov_max",
+                                  help="Tracing runs every layer once: ≈10 samples/s on CPU for long texts.")
     if st.button("Load trace", type="primary", key="ov_load", disabled=not checkpoint):
         new = sources.TraceSource(checkpoint=checkpoint.strip(), split=split, max_samples=int(max_samples) or None,
                                   **extra)
@@ -66,21 +73,50 @@ def source_picker(current: sources.TraceSource) -> None:
             ref = state.trace_with_progress(new)
             cache.get_trace(ref)
         except DE3Error as exc:
-            st.error(str(exc))
+            st.error(sources.in_app_words(str(exc)))
             return
         except (OSError, ValueError) as exc:  # e.g. an unreadable folder, or no network for the hub
             st.error(f"Could not trace {new.describe()}: {one_line(exc)}")
             return
         state.set_source(new)
-        for key in ("_ctx", "map_config", "map_selected"):  # per-trace settings start afresh
-            st.session_state.pop(key, None)
+        _forget_trace_settings()
         st.rerun()
+
+
+def _forget_trace_settings() -> None:
+    """Per-trace settings (the map, its selection) start afresh when another trace opens."""
+    for key in ("_ctx", "map_config", "map_selected"):
+        st.session_state.pop(key, None)
+
+
+def _open_example() -> None:
+    """The example picked in the switch becomes the source (before the page reruns)."""
+    choice = st.session_state.get("ov_example")
+    if choice:
+        state.set_source(sources.TraceSource(checkpoint=choice))
+        _forget_trace_settings()
+        st.session_state.pop("ov_ckpt", None)  # the picker below follows
+
+
+def example_switch(current: sources.TraceSource) -> None:
+    """The shipped checkpoints, one click each, with their one-line descriptions."""
+    shipped = sources.shipped_checkpoints()
+    if len(shipped) < 2:
+        return
+    cards = {c: sources.checkpoint_card(c) for c in shipped}
+    showing = current.checkpoint if current.checkpoint in shipped and current.data == sources.OWN_DATA else None
+    st.session_state["ov_example"] = showing  # follows the source, whichever control changed it
+    st.segmented_control("Shipped examples", shipped, key="ov_example", on_change=_open_example,
+                         format_func=lambda c: cards[c].get("title") or Path(c).name)
+    st.caption(" · ".join(f"**{cards[c].get('title') or Path(c).name}**: {cards[c]['description']}"
+                          for c in shipped if cards[c].get("description")))
 
 
 def file_picker() -> dict | None:
     """An uploaded CSV/TSV/Parquet/JSONL with column pickers; None until it is usable."""
     upload = st.file_uploader("Data file", type=["csv", "tsv", "txt", "parquet", "jsonl", "json"], key="ov_upload",
-                              help="Labels must name the checkpoint's classes. Split 80/10/10 (seeded) like training data.")
+                              help="Labels must be among the checkpoint's classes (some of them is fine); without a label "
+                                   "column it is traced for its predictions only.")
     if upload is None:
         st.caption("Upload a file to pick its columns.")
         return None
@@ -95,19 +131,21 @@ def file_picker() -> dict | None:
     st.dataframe(preview, height=150, width="stretch")
     cols = list(preview.columns)
     guess = lambda names, fallback: next((c for c in names if c in cols), fallback)
-    text_col = st.selectbox("Text column", cols, index=cols.index(guess(("text", "sentence", "sentence1"), cols[0])),
+    text_col = st.selectbox("Text column", cols, index=cols.index(guess(DEFAULT_TEXT_COLUMNS, cols[0])),
                             key="ov_text_col")
     pair_opts = ["(none)"] + [c for c in cols if c != text_col]
     pair_col = st.selectbox("Second text column (pair tasks)", pair_opts,
-                            index=pair_opts.index(guess(("sentence2", "text_pair"), "(none)")) if guess(("sentence2", "text_pair"), "(none)") in pair_opts else 0,
+                            index=pair_opts.index(guess(DEFAULT_PAIR_COLUMNS, "(none)")) if guess(DEFAULT_PAIR_COLUMNS, "(none)") in pair_opts else 0,
                             key="ov_pair_col")
-    label_opts = [c for c in cols if c not in (text_col, pair_col)] or cols
-    label_col = st.selectbox("Label column", label_opts,
-                             index=label_opts.index(guess(("label", "labels", "target", "class"), label_opts[-1])),
-                             key="ov_label_col")
+    candidates = [c for c in cols if c not in (text_col, pair_col)]
+    named = next((c for c in DEFAULT_LABEL_COLUMNS if c in candidates), None)
+    label_opts = ([] if named else [NO_LABELS]) + candidates
+    label_col = st.selectbox("Label column", label_opts, index=label_opts.index(named or NO_LABELS), key="ov_label_col",
+                             help="The column holding each row's class. Without one the file is traced for its "
+                                  "predictions only: speed-ups and exits, but no accuracy.")
     text_columns = (text_col,) if pair_col == "(none)" else (text_col, pair_col)
-    return {"data": str(path), "text_columns": text_columns, "label_column": label_col, "header": header,
-            "display_name": name}
+    return {"data": str(path), "text_columns": text_columns, "label_column": None if label_col == NO_LABELS else label_col,
+            "header": header, "display_name": name}
 
 
 def cost_definitions() -> None:
@@ -127,6 +165,7 @@ def render() -> None:
         "recorded every layer — so every slider here is instant and never re-runs BERT."
     )
     ctx = state.context()
+    example_switch(ctx.source)
     with st.expander("Checkpoint, data and device", expanded=not ctx.ok):
         source_picker(ctx.source)
     if not ctx.ok:
@@ -141,16 +180,19 @@ def render() -> None:
 
     result = evaluate_policy(trace, policy)
     decision = decide_exits(trace.wide, policy)
-    full = cache.get_per_layer(ctx.ref)["metric"].to_numpy()[-1]
     st.subheader(f"Current policy: {policy.describe()}")
     m1, m2, m3, m4, m5 = st.columns(5)
-    delta = result["metric"] - full
-    same = abs(delta) < 1e-12
-    m1.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric),
-              delta="same as the full model" if same else
-              (f"{100 * delta:+.1f} pts vs. full model" if metric != "mcc" else f"{delta:+.3f} vs. full model"),
-              delta_color="off" if same else "normal", delta_arrow="off" if same else "auto",
-              help=f"The full model (every sample through all {L} layers) scores {derive.fmt_metric(full, metric)}.")
+    if trace.labelled:
+        full = cache.get_per_layer(ctx.ref)["metric"].to_numpy()[-1]
+        delta = result["metric"] - full
+        same = abs(delta) < 1e-12
+        m1.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric),
+                  delta="same as the full model" if same else
+                  (f"{100 * delta:+.1f} pts vs. full model" if metric != "mcc" else f"{delta:+.3f} vs. full model"),
+                  delta_color="off" if same else "normal", delta_arrow="off" if same else "auto",
+                  help=f"The full model (every sample through all {L} layers) scores {derive.fmt_metric(full, metric)}.")
+    else:
+        m1.metric(derive.metric_name(metric), "no labels", help="This trace holds predictions only.")
     m2.metric("speed-up", f"{result['speedup']:.2f}×", help="L / mean exit layer")
     m3.metric("saved fraction", f"{100 * result['saved_fraction']:.1f}%", help="1 − mean exit layer / L")
     m4.metric("FLOPs ratio", f"{100 * result['flops_ratio']:.1f}%", help="early-exit FLOPs / full-model FLOPs")
@@ -161,11 +203,12 @@ def render() -> None:
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Each exit's {derive.metric_name(metric)}** if every sample answered there")
-        st.plotly_chart(charts.layer_metric_bars(cache.get_per_layer(ctx.ref), metric_title=derive.metric_title(metric)),
-                        key="ov_layer_bars")
+        if state.has_labels(ctx, "Each exit's " + derive.metric_name(metric)):
+            st.plotly_chart(charts.layer_metric_bars(cache.get_per_layer(ctx.ref),
+                                                     metric_title=derive.metric_title(metric)), key="ov_layer_bars")
     with right:
         st.markdown(f"**Where samples leave** under {policy.describe()}")
-        correct = decision.pred == trace.labels
+        correct = decision.pred == trace.labels if trace.labelled else None
         st.plotly_chart(charts.exit_distribution(decision.exit_layer, correct, num_layers=L), key="ov_exit_dist")
     if not (decision.exit_layer < L).any():
         st.warning(f"No sample exits before layer {L}: {derive.no_early_exit_hint(trace, policy)}.")

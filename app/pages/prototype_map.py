@@ -14,6 +14,7 @@ from app import cache, charts, derive, state
 
 COLOR_BY = {"label": "true class", "pred": "prediction at this layer", "correct": "right / wrong at this layer",
             "exit": "exit layer (current policy)", "dr": "DR at this layer", "edr": "EDR at this layer"}
+NEEDS_LABELS = ("label", "correct")  # colourings a trace without labels cannot offer
 
 
 def projection_form(trace) -> ProjectionConfig:
@@ -74,10 +75,18 @@ def render() -> None:
                 "draw its distances **r₁** (to the predicted class's prototype) and **r₂** (to the nearest rival).")
     config = projection_form(trace)
     page = state.page_state()
-    color_default = page.get("color") if page.get("color") in COLOR_BY else "label"
+    colours = [c for c in COLOR_BY if trace.labelled or c not in NEEDS_LABELS]
+    fallback = colours[0]
+    color_default = page.get("color") if page.get("color") in colours else fallback
+    if st.session_state.get("w_map_color") not in (None, *colours):
+        st.session_state["w_map_color"] = fallback  # another trace had labels, this one has none
     st.session_state.setdefault("w_map_color", color_default)
-    color_by = st.segmented_control("Colour by", list(COLOR_BY), format_func=COLOR_BY.get, key="w_map_color") or "label"
-    st.session_state.setdefault("w_map_layer", int(min(max(page.get("map_layer", (L + 1) // 2), 1), L)))
+    color_by = st.segmented_control("Colour by", colours, format_func=COLOR_BY.get, key="w_map_color") or fallback
+    wanted, problem = derive.map_layer(page.get("map_layer"), L)
+    if problem:  # a link's layer outside 1..L: clamped, and said so
+        st.warning(problem)
+    if st.session_state.get("w_map_layer") not in range(1, L + 1) or problem:
+        st.session_state["w_map_layer"] = wanted  # also when another trace with more layers set it
     layer = st.slider("Layer", 1, L, key="w_map_layer", help="Each layer has its own prototypes and its own map.")
     state.set_page(map_layer=layer, color=color_by)
 
@@ -104,9 +113,11 @@ def render() -> None:
     decision = decide_exits(trace.wide, policy)
     ids = trace.samples["sample_id"].to_numpy()
     snippets = trace.samples["text"].str.slice(0, 90).str.replace("<", "‹")
-    hover = [f"<b>sample {i}</b> · true {names[y]} · layer {layer} says {names[p]} {'✓' if c else '✗'}<br>"
+    truth = ([f" · true {names[y]}" for y in labels], ["✓" if c else "✗" for c in correct]) if trace.labelled else \
+        ([""] * len(ids), [""] * len(ids))
+    hover = [f"<b>sample {i}</b>{t} · layer {layer} says {names[p]} {c}<br>"
              f"DR {d:.3f} · EDR {e:.2g} · exits at layer {x}<br>{s}…"
-             for i, y, p, c, d, e, x, s in zip(ids, labels, pred, correct, dr, edr, decision.exit_layer, snippets)]
+             for i, t, c, p, d, e, x, s in zip(ids, *truth, pred, dr, edr, decision.exit_layer, snippets)]
     kwargs: dict = {}
     if color_by in ("label", "pred"):
         kwargs = dict(color=labels if color_by == "label" else pred, categories=names,
@@ -146,11 +157,14 @@ def render() -> None:
     if selected:
         sel = np.isin(ids, selected)
         listing = pd.DataFrame({
-            "sample": ids[sel], "true": [names[y] for y in labels[sel]], f"pred @L{layer}": [names[p] for p in pred[sel]],
-            "right": correct[sel], "exit layer": decision.exit_layer[sel], "DR": dr[sel], "EDR": edr[sel],
+            "sample": ids[sel], **({"true": [names[y] for y in labels[sel]]} if trace.labelled else {}),
+            f"pred @L{layer}": [names[p] for p in pred[sel]],
+            **({"right": correct[sel]} if trace.labelled else {}),
+            "exit layer": decision.exit_layer[sel], "DR": dr[sel], "EDR": edr[sel],
             "text": trace.samples["text"].to_numpy()[sel],
         })
-        st.markdown(f"**{int(sel.sum())} selected** — {int(correct[sel].sum())} right at layer {layer}")
+        right = f" — {int(correct[sel].sum())} right at layer {layer}" if trace.labelled else ""
+        st.markdown(f"**{int(sel.sum())} selected**{right}")
         st.dataframe(listing, hide_index=True, width="stretch", key="map_listing",
                      column_config={"DR": st.column_config.NumberColumn(format="%.3f"),
                                     "EDR": st.column_config.NumberColumn(format="%.2e"),

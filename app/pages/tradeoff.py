@@ -62,7 +62,7 @@ def render() -> None:
     ctx = state.require_trace()
     if ctx is None:
         return
-    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    trace, policy = ctx.trace, ctx.policy
     L, metric = trace.num_layers, trace.metric
     st.title("Trade-off explorer")
     st.markdown("Every exit policy's **metric vs speed-up**, from one recorded trace. Choose the policy and move τ, λ, "
@@ -72,13 +72,22 @@ def render() -> None:
     result = evaluate_policy(trace, policy)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("speed-up", f"{result['speedup']:.2f}×")
-    c2.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric))
+    c2.metric(derive.metric_name(metric), derive.fmt_metric(result["metric"], metric) if trace.labelled else "no labels")
     c3.metric("saved fraction", f"{100 * result['saved_fraction']:.1f}%")
     c4.metric("FLOPs ratio", f"{100 * result['flops_ratio']:.1f}%")
     if result["exit_counts"][-1] == trace.num_samples:
         st.warning(f"No sample can exit before the last layer ({L}) with {policy.describe()}: "
                    f"{derive.no_early_exit_hint(trace, policy)}.")
 
+    if state.has_labels(ctx, "A metric-vs-speed-up curve"):
+        curves_and_matched_table(ctx, result)
+    histograms(ctx)
+
+
+def curves_and_matched_table(ctx, result: dict) -> None:
+    """Every policy's curve with the current point, and the matched-speed-up table with its statistics."""
+    trace, policy, ref = ctx.trace, ctx.policy, ctx.ref
+    metric = trace.metric
     curves = cache.get_sweep(ref, policy.lambda_, policy.patience)
     o1, o2, o3 = st.columns([2, 1, 1])
     x = o1.segmented_control("x axis", ["speedup", "flops"], default="speedup", key="to_x",
@@ -123,6 +132,12 @@ def render() -> None:
     else:
         st.caption(f"**n = {trace.num_samples:,} samples**, without labels: no metric, so no comparison.")
 
+
+
+def histograms(ctx) -> None:
+    """Per-layer histograms of the chosen signal, split right / wrong, with τ where the policy tests it."""
+    trace, policy = ctx.trace, ctx.policy
+    L = trace.num_layers
     st.subheader("Where the threshold cuts, layer by layer")
     sig = derive.policy_signal(trace, policy)
     signal_names = {"edr": f"EDR (λ={policy.lambda_:g})", "entropy": "entropy", "dr": "DR",
@@ -143,14 +158,16 @@ def render() -> None:
     if only_active:
         exit_layer = decide_exits(trace.wide, policy).exit_layer
         active = np.arange(1, L + 1)[None, :] <= exit_layer[:, None]
-    st.plotly_chart(charts.signal_histograms(values, trace.wide["correct"], tau=tau, signal_label=signal_names[chosen],
+    correct = trace.wide["correct"] if trace.labelled else None
+    st.plotly_chart(charts.signal_histograms(values, correct, tau=tau, signal_label=signal_names[chosen],
                                              active=active, log_x=log_x), key="to_hist")
     if tau is None:
         st.caption(f"{POLICY_LABELS[policy.name]} does not compare {signal_names[chosen]} with τ, so no threshold line. "
                    "Samples left of the dashed line exit at that layer (if they have not exited before).")
     else:
         st.caption("The dashed line is τ: a sample left of it passes the exit test at that layer (and leaves at the "
-                   "first such layer). Red bars left of the line are the wrong answers that threshold lets out.")
+                   "first such layer)." + (" Orange bars left of the line are the wrong answers that threshold "
+                                            "lets out." if trace.labelled else ""))
 
 
 render()
