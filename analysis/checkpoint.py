@@ -17,9 +17,13 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spie
 
 
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode on ``device``, tokenizer) from a folder written by ``DE3Bert.save_pretrained``."""
+    """(model in eval mode on ``device``, tokenizer) from a folder written by ``DE3Bert.save_pretrained``.
+
+    Refuses a checkpoint whose prototypes were never fitted for some class (trained without a row of it): every
+    DR it gave would be a distance to an empty vector."""
     folder = Path(folder)
     model = DE3Bert.from_pretrained(folder, map_location=device)
+    model.bank.require_fitted(model.config.label_names, str(folder))
     source = str(folder) if any(path_kind(folder / f, CheckpointError) == "file" for f in TOKENIZER_FILES) \
         else model.config.backbone
     return model, load_tokenizer(source)

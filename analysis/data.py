@@ -165,8 +165,9 @@ class SplitPlan:
         else:
             validation = np.arange(n, n + n_val)
         if len(train) < 1:
-            raise DataError(f"{source}: {n} rows are too few to split into train / validation / test; add rows or "
-                            "lower val_fraction / test_fraction (trace or evaluate every row with --split all)")
+            raise DataError(f"{source}: {n} rows are too few to split into train / validation / test; add rows, or "
+                            "give separate --validation-data / --test-data files (to score every row of it with a "
+                            "trained checkpoint, use --split all)")
         if self.max_train_samples is not None and self.max_train_samples < len(train):
             _, keep = _take(np.arange(len(train)), labels[train], self.max_train_samples, self.seed)
             train = train[keep]
@@ -361,9 +362,41 @@ def load_data(
         plan = SplitPlan(len(parts[0]), **sizes, **splitting)
 
     bundle = DataBundle(name=name, label_names=label_names, metric=metric, all=rows, plan=plan)
-    if training:
-        bundle.split("train")  # split now: a source too small to split is refused at load, not mid-run
+    if training:  # split now: a source too small to split, or a class with no training row, is refused at load
+        _check_training_classes(bundle)
     return bundle
+
+
+SMALL_SPLIT = 50  # rows below which a split's metric moves in steps of 2 points or more: training says so
+
+
+def _check_training_classes(bundle: DataBundle) -> None:
+    """Refuse training data in which a class has no training row: its prototype would never be fitted, and DR
+    would measure distances to an empty vector."""
+    present = set(bundle.train.labels)
+    missing = [n for i, n in enumerate(bundle.label_names) if i not in present]
+    if missing:
+        where = [s for s in ("validation", "test") if set(bundle.split(s).labels) - present]
+        raise DataError(f"{bundle.name}: class(es) {class_list(missing)} have no training row (only in the "
+                        f"{' and '.join(where) or 'other'} split{'s' if len(where) > 1 else ''}): their prototypes "
+                        "could never be learned; add training rows of them, or drop those rows")
+
+
+def split_notes(bundle: DataBundle) -> list[str]:
+    """Warnings about a training bundle's validation and test splits: fewer than ``SMALL_SPLIT`` rows (its
+    accuracy moves in coarse steps, so the best epoch or the reported score rests on a few rows), or classes
+    they lack."""
+    notes = []
+    for name in ("validation", "test"):
+        split = bundle.split(name)
+        if len(split) < SMALL_SPLIT:
+            notes.append(f"the {name} split has only {len(split)} row{'s' if len(split) != 1 else ''}: its "
+                         f"{bundle.metric} moves in steps of {100 / max(len(split), 1):.0f} points; give a larger "
+                         f"file or a separate --{name}-data file for firm numbers")
+        missing = [n for i, n in enumerate(bundle.label_names) if i not in set(split.labels)]
+        if missing and len(split):
+            notes.append(f"the {name} split has no row of {class_list(missing)}")
+    return notes
 
 
 def reload_data(info: Mapping[str, Any], *, training: bool = True, **overrides) -> DataBundle:

@@ -71,6 +71,15 @@ class PrototypeBank(nn.Module):
     def is_fitted(self) -> bool:
         return bool(self.initialized.all())
 
+    def require_fitted(self, label_names, what: str = "this model") -> None:
+        """Refuse to measure distances with prototypes never fitted (a class no training batch held): DR against
+        a zero vector would look meaningful and be wrong. ``DE3Error`` naming the classes."""
+        if not self.is_fitted:
+            missing = [str(n) for n, ok in zip(label_names, self.initialized.tolist()) if not ok]
+            raise DE3Error(f"{what}: the prototypes of class(es) {', '.join(map(repr, missing[:8]))} were never fitted "
+                           "(no training sample of them), so DR would be measured against an empty vector; retrain "
+                           "with training rows of every class")
+
     def distances(self, embeddings: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Distance of every embedding to every prototype: (L, B, d_p) -> (L, B, K), or one 0-based layer's
         (B, d_p) -> (B, K)."""

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import batching
 from .backbones import load_backbone, load_tokenizer
 from .config import ModelConfig, TrainConfig
-from .data import DataBundle, compute_metric
+from .data import DataBundle, compute_metric, split_notes
 from .distributed import Dist, process_group
 from .errors import DE3Error, name_list
 from .io import atomic_dir, claim_output, write_json_atomic
@@ -276,6 +276,8 @@ def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx:
             net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True,
             forward_sync_buffers=False)
 
+    for note in split_notes(data):
+        log(f"note: {note}")
     train_enc = batching.encode_split(tokenizer, data.train, model_config.max_length)
     val_enc = batching.encode_split(tokenizer, data.validation, model_config.max_length)
 

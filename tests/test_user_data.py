@@ -223,3 +223,58 @@ def test_train_refuses_a_file_without_labels(tiny_backbone, tmp_path):
     assert code == 2 and stderr.count("\n") == 1
     assert "no label column found (looked for label, labels, target, class); columns found: id, text" in stderr
     assert not (tmp_path / "x").exists()
+
+
+# ---- tiny or degenerate training data: refused or said, never silently used ----------------------------------------
+
+
+def test_a_class_with_no_training_row_is_refused_before_training(tiny_backbone, tmp_path):
+    """Seed 4 puts the one 'c' row of this file into the test split: its prototype could never be learned (and
+    would stay a zero vector that DR then measures against). A 3-row file would train on a single row."""
+    odd = write_csv(tmp_path / "odd.csv", [(f"sample text {i}", "ab"[i % 2]) for i in range(19)] + [("odd one", "c")])
+    three = write_csv(tmp_path / "three.csv", [("good movie", "a"), ("bad film", "b"), ("great plot", "a")])
+    for data, seed, needle in ((odd, "4", "'c' have no training row (only in the test split)"),
+                               (three, "42", "have no training row (only in the validation and test splits)")):
+        code, _, stderr = run(["train", "--data", data, "--seed", seed, "--backbone", tiny_backbone,
+                               "--out", str(tmp_path / "x"), *TINY])
+        assert code == 2 and stderr.count("\n") == 1 and needle in stderr, stderr
+        assert "prototypes could never be learned" in stderr
+        assert not (tmp_path / "x").exists()
+
+
+def test_small_validation_and_test_splits_are_said_in_the_log(tiny_backbone, tmp_path):
+    data = write_csv(tmp_path / "small.csv", [(f"good movie {i}" if i % 2 else f"bad film {i}", LABELS[i % 2])
+                                              for i in range(40)])
+    code, stdout, stderr = run(["train", "--data", data, "--backbone", tiny_backbone, "--out", str(tmp_path / "x"),
+                                *TINY])
+    assert code == 0, stderr
+    assert "note: the validation split has only 4 rows: its accuracy moves in steps of 25 points" in stdout
+    assert "note: the test split has only 4 rows" in stdout
+
+
+def test_a_too_small_file_is_not_told_to_change_settings_the_cli_lacks(tiny_backbone, tmp_path):
+    data = write_csv(tmp_path / "two.csv", [("good movie", "positive"), ("bad film", "negative")])
+    code, _, stderr = run(["train", "--data", data, "--backbone", tiny_backbone, "--out", str(tmp_path / "x"), *TINY])
+    assert code == 2 and "too few to split" in stderr and "--test-data" in stderr
+    assert "val_fraction" not in stderr  # not a flag of the command line
+
+
+def test_a_checkpoint_with_unfitted_prototypes_is_refused_where_it_is_loaded(tiny_backbone, tmp_path):
+    import torch
+
+    from analysis.backbones import load_backbone, load_tokenizer
+    from analysis.config import ModelConfig
+    from analysis.errors import DE3Error
+    from analysis.model import DE3Bert
+
+    tokenizer = load_tokenizer(tiny_backbone)
+    model = DE3Bert(ModelConfig(backbone=tiny_backbone, label_names=("a", "b", "c")), load_backbone(tiny_backbone))
+    batch = tokenizer(["good movie", "bad film"], return_tensors="pt", padding=True)
+    with torch.no_grad():  # classes a and b seen, c never: its prototype stays an empty vector
+        model.update_prototypes(model(**batch).embeddings, torch.tensor([0, 1]))
+    folder = model.save_pretrained(tmp_path / "ckpt", tokenizer)
+    with pytest.raises(DE3Error, match=r"prototypes of class\(es\) 'c' were never fitted"):
+        load_checkpoint(folder)
+    code, _, stderr = trace(str(folder), write_csv(tmp_path / "d.csv", [("good movie", "a")]), tmp_path / "t",
+                            "--split", "all")
+    assert code == 2 and "were never fitted" in stderr and not (tmp_path / "t").exists()
