@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DE3Error
+from .errors import DE3Error, one_line
 
 # Short names for backbones that ship inside pip packages, so they load with no network.
 OFFLINE_BACKBONES = {
@@ -149,7 +149,8 @@ def _load_failure(name: str, exc: Exception, what: str = "backbone") -> str:
         return (f"cannot load {what} {name!r}: it ships its own Python code, which is never run by default; if you "
                 "trust its source, pass --trust-remote-code to train (or trust_remote_code=True), else use a "
                 "backbone built into transformers")
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    lines = str(exc).strip().splitlines()
+    first = one_line(lines[0] if lines else exc)  # the first line of a transformers error says what went wrong
     hint = (
         f"use '{DEFAULT_BACKBONE}' (ships with pip), a local folder, or a Hugging Face id while online"
         if not is_local(name)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import DE3Error, name_list, one_line, shorten
+from .errors import DE3Error, name_list, shorten
 from .validate import MODEL, TRAIN, check_fields
 
 POOLINGS = ("mean", "cls")
@@ -129,22 +127,3 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
         return _from_dict(cls, data, source)
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON object from a file, with errors that name the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DE3Error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DE3Error(f"{path}: is a folder; pass a JSON file") from None
-    except OSError as exc:
-        raise DE3Error(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DE3Error(f"{path}: not valid JSON ({one_line(exc, 200)}); fix or re-create the file") from None
-    if not isinstance(data, dict):
-        raise DE3Error(f"{path}: expected a JSON object at the top level")
-    return data
-

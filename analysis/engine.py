@@ -27,13 +27,13 @@ from . import batching
 from .cost import layer_speedup
 from .errors import DE3Error
 from .model import check_positions
-from .policies import POLICY_INPUTS, ExitPolicy, exit_mask, threshold_signal
+from .policies import ExitPolicy, exit_mask, threshold_signal
 from .signals import exit_signals
 
 # Encoders whose forward is embeddings -> create_bidirectional_mask -> encoder.layer[i](hidden, mask), the
 # steps this engine replays one layer at a time (MiniLM checkpoints are "bert").
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
-SIGNALS = ("pred", "entropy", "max_prob", "r1", "r2", "dr")  # recorded per layer, trace column names
+SIGNALS = ("pred", "entropy", "max_prob", "r1", "r2", "dr")  # recorded per layer: ExitSignals fields = trace columns
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -120,7 +120,7 @@ class EarlyExitEngine:
     def run_batch(self, inputs: Mapping[str, torch.Tensor], *, policy: ExitPolicy) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """One padded batch: per-layer signals {name: (B, L)} and exit layers (B,) 1-based."""
         _check_policy(policy)
-        L, needed = self.num_layers, ("pred", *POLICY_INPUTS[policy.name])
+        L, needed = self.num_layers, ("pred", *policy.spec.inputs)
         input_ids = inputs["input_ids"]
         batch = input_ids.shape[0]
         mask2d = inputs.get("attention_mask")
@@ -144,7 +144,7 @@ class EarlyExitEngine:
             hidden = out[0] if isinstance(out, tuple) else out  # (B_m, T_m, H)
             logits, emb = self.heads[m](hidden, mask2d)  # (B_m, K), (B_m, d_p)
             s = exit_signals(logits[None], self.bank.distances(emb, layer=m)[None])  # each (1, B_m)
-            packed = torch.cat([s.pred.float(), s.entropy, s.max_prob, s.r1, s.r2, s.dr]).cpu().numpy()  # (6, B_m)
+            packed = torch.cat([getattr(s, name).float() for name in SIGNALS]).cpu().numpy()  # (6, B_m), by name
             history[:, active, m] = packed
             if m == L - 1:
                 break  # the final classifier answers whoever is left
@@ -173,8 +173,14 @@ class EarlyExitEngine:
 def _check_policy(policy: ExitPolicy) -> None:
     if not isinstance(policy, ExitPolicy):
         raise DE3Error(f"policy must be an ExitPolicy, got {type(policy).__name__}")
-    if policy.name == "oracle":
-        raise DE3Error("the oracle policy needs each sample's label, so it exists only in simulation "
+    spec = policy.spec
+    why = ("needs each sample's label" if spec.needs_labels else "is declared simulation-only" if not spec.in_engine
+           else None)
+    unrecorded = [c for c in spec.inputs if c not in SIGNALS]
+    if why is None and unrecorded:
+        why = f"reads {', '.join(unrecorded)}, which a real run does not compute"
+    if why is not None:
+        raise DE3Error(f"the {policy.name} policy {why}, so it exists only in simulation "
                        "(decide_exits on a trace); pick another policy for a real early-exit run")
 
 

@@ -18,6 +18,10 @@ class CheckpointError(DE3Error, ValueError):
     """A checkpoint folder is missing a file, or its config and weights disagree."""
 
 
+class CurveError(DE3Error, ValueError):
+    """Curves or a comparison were asked for something the data cannot give (unknown λ, bad speed-ups...)."""
+
+
 # ---- keeping messages on one readable line (a 5 MB line or a 10,000-class column must not fill a screen) ----
 
 

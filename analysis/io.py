@@ -4,7 +4,8 @@ Reading
     ``os_error_message`` says what an ``OSError`` is (permission denied, a symlink loop, not found, a read-only
     file system ...) in one line naming the path; ``path_kind`` looks at a path without mistaking a permission
     problem or a symlink loop for "not found"; ``os_errors`` turns the ``OSError`` of a block into a ``DE3Error``
-    (or subclass) with that message. Every reader of a user's file goes through them.
+    (or subclass) with that message. Every reader of a user's file goes through them; ``read_json_object`` reads
+    every JSON file.
 
 Writing
     ``check_output`` refuses, before any long work, an output that cannot be written (a file where a folder is
@@ -107,6 +108,32 @@ def path_kind(path: str | Path, error: type[DE3Error] = DE3Error) -> str | None:
     except (OSError, ValueError) as exc:
         raise error(os_error_message(exc, path)) from None
     return "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+
+
+def read_json_object(path: str | Path, error: type[DE3Error] = DE3Error, *,
+                     fix: str = "fix or re-create the file") -> dict:
+    """The JSON object in the file ``path``: the one reader of every JSON file the package reads (a config, a
+    checkpoint's config.json and records, a training state, a trace's meta.json).
+
+    Every problem is one ``error`` line naming the file: not found, a folder, an OS error said as what it is
+    (``os_errors``); or not UTF-8 / not valid JSON, or JSON that is not an object, each ending with ``fix`` (what
+    to do about it).
+    """
+    path = Path(path)
+    kind = path_kind(path, error)
+    if kind is None:
+        raise error(f"{path}: file not found")
+    if kind == "dir":
+        raise error(f"{path}: is a folder; pass a JSON file")
+    with os_errors(path, error):
+        raw = path.read_bytes()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: unreadable, not valid JSON ({one_line(exc, 160)}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {type(data).__name__}; {fix}")
+    return data
 
 
 # ---- outputs: may this be written? -------------------------------------------------------------------------------

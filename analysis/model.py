@@ -11,7 +11,6 @@ are pure functions of these outputs, applied elsewhere.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .errors import CheckpointError, DE3Error, one_line, shorten
-from .io import atomic_dir, os_errors, path_kind
+from .errors import DE3Error, name_list
 from .signals import ExitSignals, distance_ratio, exit_signals, pairwise_distance
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -76,9 +70,9 @@ class PrototypeBank(nn.Module):
         a zero vector would look meaningful and be wrong. ``DE3Error`` naming the classes."""
         if not self.is_fitted:
             missing = [str(n) for n, ok in zip(label_names, self.initialized.tolist()) if not ok]
-            raise DE3Error(f"{what}: the prototypes of class(es) {', '.join(map(repr, missing[:8]))} were never fitted "
-                           "(no training sample of them), so DR would be measured against an empty vector; retrain "
-                           "with training rows of every class")
+            raise DE3Error(f"{what}: the prototypes of class(es) {name_list(missing, limit=8, quote=True)} were never "
+                           "fitted (no training sample of them), so DR would be measured against an empty vector; "
+                           "retrain with training rows of every class")
 
     def distances(self, embeddings: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Distance of every embedding to every prototype: (L, B, d_p) -> (L, B, K), or one 0-based layer's
@@ -109,11 +103,6 @@ class PrototypeBank(nn.Module):
         rate = (rate * present)[None, :, None].to(self.prototypes.dtype)  # 0 for absent classes
         self.prototypes = (1 - rate) * self.prototypes + rate * means.to(self.prototypes.dtype)
         self.initialized = self.initialized | present
-
-    def update(self, embeddings: torch.Tensor, labels: torch.Tensor, gamma: float) -> None:
-        """One moving-average step from a batch: embeddings (L, B, d_p), labels (B,)."""
-        sums, counts = self.batch_stats(embeddings, labels, self.prototypes.shape[1])
-        self.apply_stats(sums, counts, gamma)
 
 
 # ---- distance-aware regularisation (DAR, spec §3): pluggable forms, each (L', B, K) distances -> scalar ----
@@ -237,180 +226,26 @@ class DE3Bert(nn.Module):
 
     @torch.no_grad()
     def update_prototypes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        """Moving-average step of every layer's prototypes (call after the optimiser step)."""
-        self.bank.update(embeddings, labels, self.config.gamma)
+        """Moving-average step of every layer's prototypes from one batch's embeddings (L, B, d_p) and labels (B,);
+        call it after the optimiser step. (Training under DDP all-reduces ``batch_stats`` before ``apply_stats``.)"""
+        sums, counts = self.bank.batch_stats(embeddings, labels, self.config.num_labels)
+        self.bank.apply_stats(sums, counts, self.config.gamma)
 
-    # ---- checkpoints, the Hugging Face way: config.json + model.safetensors + tokenizer files ----
+    # ---- checkpoints, the Hugging Face way (the format is analysis/checkpoint.py's) ----
 
     def save_pretrained(self, folder: str | Path, tokenizer=None, extra_files: dict[str, dict] | None = None, *,
                         half: bool = False, omit_base: bool = False) -> Path:
-        """Write config.json (backbone config + ``de3`` settings + label names), model.safetensors and the
-        tokenizer. The folder appears whole or not at all: it is written beside, then renamed into place.
+        """Write a checkpoint folder: ``checkpoint.save_model``."""
+        from .checkpoint import save_model
 
-        For small shipped checkpoints: ``half`` stores floating-point tensors as float16 (loaded back as
-        float32); ``omit_base`` leaves out backbone tensors identical to the pretrained backbone named in the
-        config (e.g. frozen token embeddings), which ``from_pretrained`` then takes from that backbone.
-        """
-        from safetensors.torch import save_file
-
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        omitted: list[str] = []
-        if omit_base:
-            base = _base_backbone_state(self.config.backbone)
-            omitted = sorted(k for k, v in state.items() if k.startswith("backbone.")
-                             and k[len("backbone."):] in base and torch.equal(base[k[len("backbone."):]], v))
-            state = {k: v for k, v in state.items() if k not in omitted}
-        if half:
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        with atomic_dir(folder) as tmp:
-            config = self.backbone.config.to_dict()
-            config.update(
-                de3=self.config.to_dict(),
-                id2label={str(i): n for i, n in enumerate(self.config.label_names)},
-                label2id={n: i for i, n in enumerate(self.config.label_names)},
-            )
-            if omitted:
-                config["de3_base_weights"] = {"backbone": self.config.backbone, "tensors": omitted}
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-            for name, payload in (extra_files or {}).items():
-                (tmp / name).write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        return folder
+        return save_model(self, folder, tokenizer, extra_files, half=half, omit_base=omit_base)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, *, map_location: str | torch.device = "cpu") -> "DE3Bert":
-        """Load a checkpoint written by ``save_pretrained``, checking files, label count and every shape."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+        """Load a checkpoint folder, checking files, label count and every shape: ``checkpoint.load_model``."""
+        from .checkpoint import load_model
 
-        from .backbones import check_encoder_config
-
-        folder = Path(folder)
-        raw = read_checkpoint_config(folder)
-        weights = folder / WEIGHTS_FILE
-        if path_kind(weights, CheckpointError) != "file":
-            with os_errors(folder, CheckpointError):
-                pickles = [p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            if pickles:
-                raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE} (found {', '.join(pickles)}: pickle weights "
-                                      "are refused, loading them can run code); convert them to safetensors or re-train")
-            raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}; copy the whole checkpoint folder again or re-train it")
-        config = ModelConfig.from_dict(raw.pop("de3"), source=str(folder / CONFIG_FILE))
-        model_type = raw.pop("model_type", None)
-        if not isinstance(model_type, str):
-            raise CheckpointError(f"{folder / CONFIG_FILE}: no 'model_type'; this is not a config written by save_pretrained")
-        if model_type not in CONFIG_MAPPING:
-            why = (" needs its repository's own code (auto_map), and checkpoints are loaded without running remote "
-                   "code; re-train on a backbone built into transformers") if "auto_map" in raw else \
-                  " is not known to this transformers version; upgrade transformers or re-train on a built-in backbone"
-            raise CheckpointError(f"{folder / CONFIG_FILE}: backbone type {model_type!r}{why}")
-        for key in ("id2label", "label2id", "auto_map"):
-            raw.pop(key, None)
-        base_weights = raw.pop("de3_base_weights", None)
-        try:
-            bcfg = AutoConfig.for_model(model_type, **raw)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild the {model_type!r} backbone config "
-                                  f"({one_line(exc)}); re-save the checkpoint") from None
-        try:
-            check_encoder_config(bcfg, str(folder))
-        except DE3Error as exc:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: {exc}") from None
-        with os_errors(weights, CheckpointError), open(weights, "rb"):
-            pass  # a permission problem is said as one, not as a corrupt file
-        try:
-            state = load_file(str(weights), device=str(map_location))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{weights}: unreadable or corrupt safetensors file ({one_line(exc)}); "
-                                  "copy it again or re-train") from None
-        if base_weights:  # a compact checkpoint: tensors equal to the pretrained backbone were left out
-            base = _base_backbone_state(base_weights["backbone"], needed_by=folder)
-            for key in base_weights["tensors"]:
-                name = key[len("backbone."):]
-                if name not in base:
-                    raise CheckpointError(f"{folder}: base backbone {base_weights['backbone']!r} has no tensor {name}")
-                state[key] = base[name]
-        try:
-            backbone = AutoModel.from_config(bcfg)
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(f"{folder / CONFIG_FILE}: cannot build the {model_type!r} backbone it describes "
-                                  f"({one_line(exc)}); re-save the checkpoint") from None
-        model = cls(config, backbone)
-        expected = model.state_dict()
-        state = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
-        _check_state(model, state, weights)
-        model.load_state_dict(state, strict=True)
-        return model.to(map_location).eval()
-
-
-def _base_backbone_state(name: str, needed_by: Path | None = None) -> dict[str, torch.Tensor]:
-    """The pretrained backbone's own tensors, by their names inside the backbone module."""
-    from .backbones import load_backbone
-
-    try:
-        return {k: v.detach() for k, v in load_backbone(name).state_dict().items()}
-    except DE3Error as exc:
-        if needed_by is None:
-            raise
-        raise CheckpointError(f"{needed_by}: this compact checkpoint takes some weights from backbone {name!r}, "
-                              f"which cannot be loaded ({exc})") from None
-
-
-def read_checkpoint_config(folder: Path) -> dict:
-    """config.json of a checkpoint folder, with errors that say which file is wrong and what to do."""
-    folder = Path(folder)
-    kind = path_kind(folder, CheckpointError)  # a permission problem or a symlink loop is said as such
-    if kind is None:
-        raise CheckpointError(f"{folder}: checkpoint folder not found; train one with `python -m analysis train`")
-    if kind != "dir":
-        raise CheckpointError(f"{folder}: is a file; a checkpoint is the folder holding config.json and {WEIGHTS_FILE}")
-    path = folder / CONFIG_FILE
-    if path_kind(path, CheckpointError) != "file":
-        raise CheckpointError(f"{folder}: missing {CONFIG_FILE}; this is not a DE3-BERT checkpoint folder")
-    with os_errors(path, CheckpointError):
-        text = path.read_bytes()
-    try:
-        raw = json.loads(text.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({one_line(exc)}); re-save the checkpoint") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("de3"), dict):
-        raise CheckpointError(f"{path}: no 'de3' section; this is a plain Hugging Face model, not a DE3-BERT checkpoint "
-                              "(train one from it with `python -m analysis train --backbone <this folder>`)")
-    layers = raw.get("num_hidden_layers", 1)  # BERT-style configs; others name it differently
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise CheckpointError(f"{path}: num_hidden_layers must be a positive integer, found {shorten(layers)}; "
-                              "re-save the checkpoint")
-    names = raw["de3"].get("label_names")
-    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) and n for n in names):
-        raise CheckpointError(f"{path}: de3.label_names must be a list of at least 2 class names (strings), found "
-                              f"{shorten(names)}; re-save the checkpoint")
-    if len(set(names)) != len(names):
-        raise CheckpointError(f"{path}: de3.label_names repeats a class name; re-save the checkpoint")
-    return raw
-
-
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = [f"missing {len(missing)} tensor(s) e.g. {missing[0]}" if missing else "",
-                 f"{len(unexpected)} unexpected e.g. {unexpected[0]}" if unexpected else ""]
-        raise CheckpointError(f"{weights}: weights do not match config.json ({'; '.join(p for p in parts if p)}); "
-                              "the config and weights come from different models")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            hint = ""
-            if key.endswith("classifier.weight") or key == "bank.initialized":
-                hint = (f" — the weights have {state[key].shape[0]} classes but config.json lists {tensor.shape[0]} label "
-                        "names; restore de3.label_names in config.json or re-train")
-            raise CheckpointError(
-                f"{weights}: tensor {key} has shape {tuple(state[key].shape)}, config.json implies {tuple(tensor.shape)}"
-                + (hint or "; the config and weights come from different models")
-            )
+        return load_model(folder, map_location=map_location)
 
 
 # Model types whose position ids start after the padding index (RoBERTa's offset of pad_token_id + 1).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .curves import confusion_counts
+from .metrics import confusion_counts
 from .policies import ExitDecision, ExitPolicy, run_lengths, threshold_signal
 
 

@@ -37,11 +37,13 @@ from tqdm.auto import tqdm
 
 from . import batching
 from .backbones import load_backbone, load_tokenizer
+from .checkpoint import load_model, save_model
 from .config import ModelConfig, TrainConfig
-from .data import DataBundle, compute_metric, split_notes
+from .data import DataBundle, split_notes
 from .distributed import Dist, process_group
-from .errors import DE3Error, name_list
-from .io import atomic_dir, claim_output, write_json_atomic
+from .errors import DE3Error, name_list, one_line
+from .io import atomic_dir, claim_output, read_json_object, write_json_atomic
+from .metrics import compute_metric
 from .model import DE3Bert, PrototypeBank
 
 RESUME_SUFFIX = ".resume"  # <out>.resume/: the latest resumable training state, removed when the run finishes
@@ -247,177 +249,218 @@ def _require_finite_weights(model: DE3Bert, ctx: Dist, pos: _Position, cfg: Trai
                            f"not saving {what}; {_divergence_hint(cfg, pos, out_dir)}")
 
 
-def _train(model_config, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx: Dist, dev: torch.device, *,
-           data_info, progress, log, resume, on_step) -> TrainResult:
-    state_dir = resume_dir(out_dir)
-    fingerprint = _data_fingerprint(data)
-    pos = _Position()
-    if resume:
-        saved = read_resume_state(state_dir)
-        _check_same_run(saved, model_config, cfg, fingerprint, ctx)
-    elif (state_dir / "state.json").is_file():
-        raise DE3Error(f"{state_dir} holds an interrupted run of {out_dir}; continue it with --resume "
-                       f"(resume=True), or delete that folder to start over")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-
-    tokenizer = load_tokenizer(model_config.backbone)
-    model = DE3Bert(model_config, load_backbone(model_config.backbone)).to(dev)
-    if cfg.freeze_embeddings:
-        model.backbone.get_input_embeddings().requires_grad_(False)
-    model.train()
-    net = _LossAndEmbeddings(model)
-    if ctx.enabled:
-        # DDP finds the parameters without a gradient this step (the last exit's prototype net always; all of
-        # them while DAR waits for every class's prototype, or with alpha = 0) by walking back from the loss.
-        # Prototypes stay in sync by all-reduce, so DDP need not sync buffers.
-        net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True,
-            forward_sync_buffers=False)
-
-    for note in split_notes(data):
-        log(f"note: {note}")
-    train_enc = batching.encode_split(tokenizer, data.train, model_config.max_length)
-    val_enc = batching.encode_split(tokenizer, data.validation, model_config.max_length)
-
-    global_batch = cfg.batch_size * ctx.world_size
-    steps_per_epoch = _steps_per_epoch(len(train_enc), global_batch, ctx.world_size)
-    if steps_per_epoch == 0:
-        raise DE3Error(f"{len(train_enc)} training samples cannot make a batch for {ctx.world_size} processes")
-    total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    if cfg.max_steps is not None:  # said once, not silently: max_steps alone sets the length
-        log(f"note: max_steps={cfg.max_steps} sets this run's length ({total_steps / steps_per_epoch:.3g} epochs of "
-            f"{steps_per_epoch} steps); epochs={cfg.epochs} is not used")
-
-    from transformers import get_linear_schedule_with_warmup
-
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg))
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
-    rng = np.random.default_rng(cfg.seed)
-    if resume:
-        pos = _load_state(state_dir, saved, model, optimizer, scheduler, scaler, ctx, dev)
-        log(f"resuming {out_dir} from step {pos.step}/{total_steps} (epoch {pos.epoch}, saved in {state_dir})")
-
-    procs = f", {ctx.world_size} processes x {cfg.batch_size} = global batch {global_batch}" if ctx.enabled else ""
-    log(f"training DE3-BERT ({model_config.backbone}, {model.num_layers} layers, {data.num_labels} classes) on "
-        f"{data.name}: {len(train_enc)} train / {len(val_enc)} validation samples, {total_steps} steps, device {dev}{procs}")
-    configs = {"model_config": model_config.to_dict(), "train_config": cfg.to_dict(), "data_info": data_info,
-               "data_fingerprint": fingerprint}
-
-    run_start, earlier = time.perf_counter(), pos.elapsed  # seconds spent before an interruption count too
-
-    def elapsed() -> float:
-        return earlier + time.perf_counter() - run_start
-
-    def require_finite(what: str) -> None:
-        _require_finite_weights(model, ctx, pos, cfg, out_dir, what)
-
-    def save_state() -> None:
-        require_finite(f"the resumable state in {state_dir}")
-        pos.elapsed = elapsed()
-        _save_state(state_dir, model, optimizer, scheduler, scaler, pos, configs, ctx)
-
-    bar = tqdm(total=total_steps, initial=pos.step, desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True, file=sys.stderr)
-    num_labels = model.config.num_labels
+def _train(model_config: ModelConfig, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx: Dist,
+           dev: torch.device, *, data_info, progress, log, resume, on_step) -> TrainResult:
+    """Set up (or resume) a run, then every epoch: its optimiser steps, validation and the best checkpoint so far,
+    and a resumable state; then the test split and metrics.json."""
+    run = _Run(model_config, cfg, data, out_dir, ctx, dev, data_info=data_info, progress=progress, log=log,
+               resume=resume, on_step=on_step)
     try:
-        for epoch in range(pos.epoch, num_epochs + 1):
-            if pos.order_rng is not None:
-                rng.bit_generator.state = pos.order_rng  # resumed: this epoch's order again
-            pos.epoch, pos.order_rng = epoch, rng.bit_generator.state
-            order = _global_batches(train_enc, global_batch, rng, ctx.world_size)
-            epoch_start = time.perf_counter()
-            for b in range(pos.batch_in_epoch, len(order)):
-                indices = order[b]
-                local = indices[ctx.rank :: ctx.world_size]
-                batch = batching.collate(tokenizer, train_enc, local, dev)
-                labels = batch.pop("labels")
-                with _autocast(dev):
-                    out_loss, embeddings, ce_loss, dar_loss = net(**batch, labels=labels)
-                parts = (out_loss.item(), ce_loss.item(), dar_loss.item())
-                _require_finite_loss(parts, ctx, pos, cfg, out_dir)  # before the step: NaN never reaches the weights
-                # DDP averages gradients over processes; weighting each process's mean loss by its share of
-                # the global batch makes that average the global batch's mean, even for an uneven last batch.
-                loss = out_loss * (len(local) * ctx.world_size / len(indices)) if ctx.enabled else out_loss
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                # prototypes after the step (the loss used the old ones), from the whole global batch
-                sums, counts = PrototypeBank.batch_stats(embeddings, labels, num_labels)
-                ctx.all_reduce_sum_(sums, counts)
-                model.bank.apply_stats(sums, counts, model.config.gamma)
-                pos.step += 1
-                pos.batch_in_epoch = b + 1
-                pos.epoch_samples += len(indices)
-                pos.epoch_losses.append(parts)
-                bar.update(1)
-                sps = pos.epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
-                bar.set_postfix(epoch=epoch, loss=f"{pos.epoch_losses[-1][0]:.3f}", dar=f"{pos.epoch_losses[-1][2]:.3f}",
-                                sps=f"{sps:.1f}")
-                if not progress and pos.step % max(1, total_steps // 20) == 0:  # no bar: a line every 5 %
-                    log(f"step {pos.step}/{total_steps}  loss {pos.epoch_losses[-1][0]:.4f}  {sps:.1f} samples/s")
-                if cfg.save_every and pos.step % cfg.save_every == 0 and pos.step < total_steps:
-                    save_state()
-                if on_step is not None:
-                    on_step(pos.step)
-                if pos.step >= total_steps:
-                    break
-            val = evaluate(model, tokenizer, val_enc, data.metric, cfg.eval_batch_size, ctx=ctx)
-            mean_loss = np.mean(pos.epoch_losses, axis=0) if pos.epoch_losses else np.zeros(3)
-            record = {"epoch": epoch, "step": pos.step, "loss": float(mean_loss[0]), "ce_loss": float(mean_loss[1]),
-                      "dar_loss": float(mean_loss[2]),
-                      "seconds": round(elapsed(), 1),
-                      "validation": val.summary()}
-            pos.history.append(record)
-            (bar.write if progress else log)(f"epoch {epoch}  loss {record['loss']:.4f} (ce {record['ce_loss']:.4f}, dar {record['dar_loss']:.4f})  "
-                      f"validation {val.format()}")
-            score = val.metric[-1] if cfg.select_by == "last" else float(np.mean(val.metric))
-            if pos.best_score is None or score > pos.best_score:
-                require_finite(f"a checkpoint in {out_dir}")
-                pos.best_score, pos.best_epoch = score, epoch
-                if ctx.is_main:
-                    model.save_pretrained(out_dir, tokenizer,
-                                          extra_files=_extras(model_config, cfg, data, data_info, pos.history))
-            pos.epoch, pos.batch_in_epoch, pos.epoch_losses, pos.epoch_samples = epoch + 1, 0, [], 0
-            pos.order_rng = rng.bit_generator.state
-            if pos.step >= total_steps:
+        for epoch in range(run.pos.epoch, run.num_epochs + 1):
+            run.train_epoch(epoch)
+            run.end_epoch(epoch)
+            if run.pos.step >= run.total_steps:
                 break
-            save_state()
+            run.save_state()
     except KeyboardInterrupt:
-        if (state_dir / "state.json").is_file():
-            log(f"interrupted at step {pos.step}; continue from the last saved state with "
+        if (run.state_dir / "state.json").is_file():
+            log(f"interrupted at step {run.pos.step}; continue from the last saved state with "
                 f"`python -m analysis train --resume --out {out_dir}`")
         raise
     finally:
-        bar.close()
+        run.bar.close()
+    return run.finish()
 
-    divergence = ctx.max_divergence([*model.parameters(), model.bank.prototypes])
-    if ctx.enabled:
-        log(f"{ctx.world_size} processes end in sync: largest weight/prototype difference {divergence:.3g}")
-    test = None
-    seconds = elapsed()
-    if ctx.is_main:
-        best = DE3Bert.from_pretrained(out_dir, map_location=dev)
-        test_enc = batching.encode_split(tokenizer, data.test, model_config.max_length)
-        test = evaluate(best, tokenizer, test_enc, data.metric, cfg.eval_batch_size) if len(test_enc) else None
-        seconds = elapsed()
-        metrics = {"best_epoch": pos.best_epoch, "train_seconds": round(seconds, 1), "history": pos.history,
-                   "test": test.summary() if test else None, "device": str(dev), "torch_threads": torch.get_num_threads(),
-                   "processes": ctx.world_size, "global_batch_size": global_batch, "rank_divergence": divergence}
-        write_json_atomic(out_dir / "metrics.json", metrics)
-        if test is not None:
-            log(f"test ({len(test_enc)} samples, best epoch {pos.best_epoch}): {test.format()}")
-        shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
-        log(f"checkpoint: {out_dir}  ({seconds / 60:.1f} min)")
-    ctx.barrier()
-    return TrainResult(out_dir, pos.best_epoch, pos.history, test, seconds, divergence)
+
+class _Run:
+    """One training run's state and its steps: ``__init__`` sets up (model, data, optimiser; or the interrupted run
+    it resumes), ``train_epoch`` runs an epoch's optimiser steps, ``end_epoch`` validates and keeps the best
+    checkpoint, ``save_state`` writes the resumable state, ``finish`` scores the test split."""
+
+    def __init__(self, model_config: ModelConfig, cfg: TrainConfig, data: DataBundle, out_dir: Path, ctx: Dist,
+                 dev: torch.device, *, data_info, progress, log, resume, on_step):
+        self.model_config, self.cfg, self.data, self.out_dir = model_config, cfg, data, out_dir
+        self.ctx, self.dev = ctx, dev
+        self.data_info, self.progress, self.log, self.on_step = data_info, progress, log, on_step
+        self.state_dir = resume_dir(out_dir)
+        fingerprint = _data_fingerprint(data)
+        self.pos = _Position()
+        if resume:
+            saved = read_resume_state(self.state_dir)
+            _check_same_run(saved, model_config, cfg, fingerprint, ctx)
+        elif (self.state_dir / "state.json").is_file():
+            raise DE3Error(f"{self.state_dir} holds an interrupted run of {out_dir}; continue it with --resume "
+                           f"(resume=True), or delete that folder to start over")
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+
+        self.tokenizer = load_tokenizer(model_config.backbone)
+        self.model = model = DE3Bert(model_config, load_backbone(model_config.backbone)).to(dev)
+        if cfg.freeze_embeddings:
+            model.backbone.get_input_embeddings().requires_grad_(False)
+        model.train()
+        self.net = _LossAndEmbeddings(model)
+        if ctx.enabled:
+            # DDP finds the parameters without a gradient this step (the last exit's prototype net always; all of
+            # them while DAR waits for every class's prototype, or with alpha = 0) by walking back from the loss.
+            # Prototypes stay in sync by all-reduce, so DDP need not sync buffers.
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True,
+                forward_sync_buffers=False)
+
+        for note in split_notes(data):
+            log(f"note: {note}")
+        self.train_enc = batching.encode_split(self.tokenizer, data.train, model_config.max_length)
+        self.val_enc = batching.encode_split(self.tokenizer, data.validation, model_config.max_length)
+
+        self.global_batch = cfg.batch_size * ctx.world_size
+        steps_per_epoch = _steps_per_epoch(len(self.train_enc), self.global_batch, ctx.world_size)
+        if steps_per_epoch == 0:
+            raise DE3Error(f"{len(self.train_enc)} training samples cannot make a batch for {ctx.world_size} processes")
+        self.total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else cfg.max_steps
+        self.num_epochs = math.ceil(self.total_steps / steps_per_epoch)
+        if cfg.max_steps is not None:  # said once, not silently: max_steps alone sets the length
+            log(f"note: max_steps={cfg.max_steps} sets this run's length ({self.total_steps / steps_per_epoch:.3g} "
+                f"epochs of {steps_per_epoch} steps); epochs={cfg.epochs} is not used")
+
+        from transformers import get_linear_schedule_with_warmup
+
+        self.optimizer = torch.optim.AdamW(_param_groups(model, cfg))
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(cfg.warmup_ratio * self.total_steps),
+                                                         self.total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and not torch.cuda.is_bf16_supported())
+        self.rng = np.random.default_rng(cfg.seed)
+        if resume:
+            self.pos = _load_state(self.state_dir, saved, model, self.optimizer, self.scheduler, self.scaler, ctx, dev)
+            log(f"resuming {out_dir} from step {self.pos.step}/{self.total_steps} (epoch {self.pos.epoch}, saved in "
+                f"{self.state_dir})")
+
+        procs = (f", {ctx.world_size} processes x {cfg.batch_size} = global batch {self.global_batch}"
+                 if ctx.enabled else "")
+        log(f"training DE3-BERT ({model_config.backbone}, {model.num_layers} layers, {data.num_labels} classes) on "
+            f"{data.name}: {len(self.train_enc)} train / {len(self.val_enc)} validation samples, {self.total_steps} "
+            f"steps, device {dev}{procs}")
+        self.configs = {"model_config": model_config.to_dict(), "train_config": cfg.to_dict(), "data_info": data_info,
+                        "data_fingerprint": fingerprint}
+        self.run_start, self.earlier = time.perf_counter(), self.pos.elapsed  # time before an interruption counts
+        self.bar = tqdm(total=self.total_steps, initial=self.pos.step, desc="train", unit="step", disable=not progress,
+                        dynamic_ncols=True, file=sys.stderr)
+
+    def elapsed(self) -> float:
+        return self.earlier + time.perf_counter() - self.run_start
+
+    def require_finite(self, what: str) -> None:
+        _require_finite_weights(self.model, self.ctx, self.pos, self.cfg, self.out_dir, what)
+
+    def save_state(self) -> None:
+        """The resumable state in ``<out>.resume/`` (weights checked finite first)."""
+        self.require_finite(f"the resumable state in {self.state_dir}")
+        self.pos.elapsed = self.elapsed()
+        _save_state(self.state_dir, self.model, self.optimizer, self.scheduler, self.scaler, self.pos, self.configs,
+                    self.ctx)
+
+    def train_epoch(self, epoch: int) -> None:
+        """The optimiser steps of one epoch, from where ``pos`` stands in it; stops early at ``total_steps``."""
+        pos, cfg = self.pos, self.cfg
+        if pos.order_rng is not None:
+            self.rng.bit_generator.state = pos.order_rng  # resumed: this epoch's order again
+        pos.epoch, pos.order_rng = epoch, self.rng.bit_generator.state
+        order = _global_batches(self.train_enc, self.global_batch, self.rng, self.ctx.world_size)
+        epoch_start = time.perf_counter()
+        for b in range(pos.batch_in_epoch, len(order)):
+            parts = self.step(order[b])
+            pos.step += 1
+            pos.batch_in_epoch = b + 1
+            pos.epoch_samples += len(order[b])
+            pos.epoch_losses.append(parts)
+            self.bar.update(1)
+            sps = pos.epoch_samples / max(time.perf_counter() - epoch_start, 1e-9)
+            self.bar.set_postfix(epoch=epoch, loss=f"{parts[0]:.3f}", dar=f"{parts[2]:.3f}", sps=f"{sps:.1f}")
+            if not self.progress and pos.step % max(1, self.total_steps // 20) == 0:  # no bar: a line every 5 %
+                self.log(f"step {pos.step}/{self.total_steps}  loss {parts[0]:.4f}  {sps:.1f} samples/s")
+            if cfg.save_every and pos.step % cfg.save_every == 0 and pos.step < self.total_steps:
+                self.save_state()
+            if self.on_step is not None:
+                self.on_step(pos.step)
+            if pos.step >= self.total_steps:
+                break
+
+    def step(self, indices: np.ndarray) -> tuple[float, float, float]:
+        """One optimiser step on a global batch (this process's share of it), then the prototypes' moving average
+        from the whole global batch. Returns the loss, CE and DAR."""
+        ctx, model = self.ctx, self.model
+        local = indices[ctx.rank :: ctx.world_size]
+        batch = batching.collate(self.tokenizer, self.train_enc, local, self.dev)
+        labels = batch.pop("labels")
+        with _autocast(self.dev):
+            out_loss, embeddings, ce_loss, dar_loss = self.net(**batch, labels=labels)
+        parts = (out_loss.item(), ce_loss.item(), dar_loss.item())
+        _require_finite_loss(parts, ctx, self.pos, self.cfg, self.out_dir)  # before the step: NaN never reaches weights
+        # DDP averages gradients over processes; weighting each process's mean loss by its share of the global
+        # batch makes that average the global batch's mean, even for an uneven last batch.
+        loss = out_loss * (len(local) * ctx.world_size / len(indices)) if ctx.enabled else out_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        # prototypes after the step (the loss used the old ones), from the whole global batch
+        sums, counts = PrototypeBank.batch_stats(embeddings, labels, model.config.num_labels)
+        ctx.all_reduce_sum_(sums, counts)
+        model.bank.apply_stats(sums, counts, model.config.gamma)
+        return parts
+
+    def end_epoch(self, epoch: int) -> None:
+        """Validate every exit, log the epoch, keep the checkpoint when it is the best so far (by the mean exit
+        metric, or the last exit's), and move ``pos`` to the next epoch's start."""
+        pos, cfg = self.pos, self.cfg
+        val = evaluate(self.model, self.tokenizer, self.val_enc, self.data.metric, cfg.eval_batch_size, ctx=self.ctx)
+        mean_loss = np.mean(pos.epoch_losses, axis=0) if pos.epoch_losses else np.zeros(3)
+        record = {"epoch": epoch, "step": pos.step, "loss": float(mean_loss[0]), "ce_loss": float(mean_loss[1]),
+                  "dar_loss": float(mean_loss[2]), "seconds": round(self.elapsed(), 1), "validation": val.summary()}
+        pos.history.append(record)
+        (self.bar.write if self.progress else self.log)(
+            f"epoch {epoch}  loss {record['loss']:.4f} (ce {record['ce_loss']:.4f}, dar {record['dar_loss']:.4f})  "
+            f"validation {val.format()}")
+        score = val.metric[-1] if cfg.select_by == "last" else float(np.mean(val.metric))
+        if pos.best_score is None or score > pos.best_score:
+            self.require_finite(f"a checkpoint in {self.out_dir}")
+            pos.best_score, pos.best_epoch = score, epoch
+            if self.ctx.is_main:
+                save_model(self.model, self.out_dir, self.tokenizer,
+                           extra_files=_records(cfg, self.data, self.data_info, pos.history))
+        pos.epoch, pos.batch_in_epoch, pos.epoch_losses, pos.epoch_samples = epoch + 1, 0, [], 0
+        pos.order_rng = self.rng.bit_generator.state
+
+    def finish(self) -> TrainResult:
+        """Check the processes agree; on rank 0, score the best checkpoint on the test split, write metrics.json
+        and remove the resumable state."""
+        ctx, pos, cfg, out_dir = self.ctx, self.pos, self.cfg, self.out_dir
+        divergence = ctx.max_divergence([*self.model.parameters(), self.model.bank.prototypes])
+        if ctx.enabled:
+            self.log(f"{ctx.world_size} processes end in sync: largest weight/prototype difference {divergence:.3g}")
+        test = None
+        seconds = self.elapsed()
+        if ctx.is_main:
+            best = load_model(out_dir, map_location=self.dev)
+            test_enc = batching.encode_split(self.tokenizer, self.data.test, self.model_config.max_length)
+            if len(test_enc):
+                test = evaluate(best, self.tokenizer, test_enc, self.data.metric, cfg.eval_batch_size)
+            seconds = self.elapsed()
+            metrics = {"best_epoch": pos.best_epoch, "train_seconds": round(seconds, 1), "history": pos.history,
+                       "test": test.summary() if test else None, "device": str(self.dev),
+                       "torch_threads": torch.get_num_threads(), "processes": ctx.world_size,
+                       "global_batch_size": self.global_batch, "rank_divergence": divergence}
+            write_json_atomic(out_dir / "metrics.json", metrics)
+            if test is not None:
+                self.log(f"test ({len(test_enc)} samples, best epoch {pos.best_epoch}): {test.format()}")
+            shutil.rmtree(self.state_dir, ignore_errors=True)  # finished: nothing left to resume
+            self.log(f"checkpoint: {out_dir}  ({seconds / 60:.1f} min)")
+        ctx.barrier()
+        return TrainResult(out_dir, pos.best_epoch, pos.history, test, seconds, divergence)
 
 
 class _LossAndEmbeddings(torch.nn.Module):
@@ -487,13 +530,9 @@ def read_resume_state(folder: Path) -> dict:
     path = folder / "state.json"
     if not path.is_file():
         raise DE3Error(f"nothing to resume: {path} not found (the run finished, never saved a state, or --out differs)")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DE3Error(f"{path}: unreadable training state ({exc}); delete {folder} to start over") from None
-    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
-        found = saved.get("format") if isinstance(saved, dict) else type(saved).__name__
-        raise DE3Error(f"{path}: training state format {found!r}, this version reads {STATE_FORMAT}; "
+    saved = read_json_object(path, fix=f"delete {folder} to start over")
+    if saved.get("format") != STATE_FORMAT:
+        raise DE3Error(f"{path}: training state format {saved.get('format')!r}, this version reads {STATE_FORMAT}; "
                        f"delete {folder} to start over")
     return saved
 
@@ -526,7 +565,7 @@ def _load_state(folder: Path, saved: dict, model: DE3Bert, optimizer, scheduler,
         model.load_state_dict(weights)
         blob = torch.load(folder / "optimizer.pt", map_location=dev, weights_only=True)
     except (OSError, SafetensorError, RuntimeError, pickle.UnpicklingError) as exc:
-        raise DE3Error(f"{folder}: unreadable training state ({str(exc).splitlines()[0]}); delete it to start over") from None
+        raise DE3Error(f"{folder}: unreadable training state ({one_line(exc, 200)}); delete it to start over") from None
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     scaler.load_state_dict(blob["scaler"])
@@ -549,7 +588,9 @@ def _data_fingerprint(data: DataBundle) -> dict:
                                   for name in ("train", "validation", "test")}}
 
 
-def _extras(model_config: ModelConfig, cfg: TrainConfig, data: DataBundle, data_info: dict | None, history: list[dict]) -> dict:
+def _records(cfg: TrainConfig, data: DataBundle, data_info: dict | None, history: list[dict]) -> dict:
+    """A checkpoint's records beside its weights: how it was trained, on what data (what ``reload_data`` needs),
+    and every epoch so far."""
     return {
         "train_config.json": cfg.to_dict(),
         "data.json": {"name": data.name, "label_names": list(data.label_names), "metric": data.metric, **(data_info or {})},

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from analysis import compare as _compare
 from analysis import curves as _curves
 from analysis.projection import ProjectionConfig, project_layer
 from app import sources
@@ -38,7 +39,7 @@ class TraceRef:
 
 def _weights_key(checkpoint: str) -> tuple:
     folder = sources.resolve_checkpoint(checkpoint)
-    return str(folder.resolve()), *sources._weights_stamp(folder)[1:]
+    return str(folder.resolve()), *sources.weights_stamp(folder)[1:]
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -127,19 +128,19 @@ def get_oracle_frontier(ref: TraceRef) -> pd.DataFrame | None:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def get_matched(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.5, 2.0, 3.0)) -> pd.DataFrame:
-    """Best metric per policy at matched speed-ups, and AUC (``curves.matched_table``), DE3 at ``lambda_``; the
+    """Best metric per policy at matched speed-ups, and AUC (``compare.matched_table``), DE3 at ``lambda_``; the
     oracle row read off the oracle frontier."""
-    return _curves.matched_table(get_sweep(ref, lambda_), speedups, lambda_=lambda_,
-                                 oracle_front=get_oracle_frontier(ref))
+    return _compare.matched_table(get_sweep(ref, lambda_), speedups, lambda_=lambda_,
+                                  oracle_front=get_oracle_frontier(ref))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def get_vs_baseline(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] = (1.5, 2.0, 3.0),
-                    baseline: str = "entropy", n_boot: int = 1000) -> pd.DataFrame:
+                    baseline: str = _compare.DEFAULT_BASELINE, n_boot: int = 1000) -> pd.DataFrame:
     """Every policy against ``baseline`` at matched speed-ups, with paired-bootstrap intervals and the gap in
-    right answers (``curves.matched_vs_baseline``), DE3 at ``lambda_``. Needs a labelled trace."""
-    return _curves.matched_vs_baseline(get_trace(ref), get_sweep(ref, lambda_), speedups, lambda_=lambda_,
-                                       baseline=baseline, n_boot=n_boot)
+    right answers (``compare.matched_vs_baseline``), DE3 at ``lambda_``. Needs a labelled trace."""
+    return _compare.matched_vs_baseline(get_trace(ref), get_sweep(ref, lambda_), speedups, lambda_=lambda_,
+                                        baseline=baseline, n_boot=n_boot)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -215,7 +216,7 @@ def run_text(checkpoint: str, device: str, text: str, text_pair: str | None, pol
     every_layer = ExitPolicy("static", layer=engine.num_layers)
     full = engine.run([text], pairs, policy=every_layer)  # also warms up, so the timings below are fair
     early, early_ms = None, None
-    if policy.name != "oracle":
+    if policy.spec.in_engine:
         start = time.perf_counter()
         early = engine.run([text], pairs, policy=policy)
         early_ms = 1000 * (time.perf_counter() - start)

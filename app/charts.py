@@ -1,7 +1,7 @@
 """Figure builders: data first, options keyword-only, always a ``plotly.graph_objects.Figure``.
 
-No Streamlit here; pages place the figures. Colours are fixed per class, per policy and for right/wrong,
-so the same thing looks the same on every page.
+No Streamlit here; pages place the figures. Colours are fixed per class, per policy (``PolicySpec.color``) and for
+right/wrong, so the same thing looks the same on every page.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.policies import POLICIES, POLICY_LABELS
+from analysis.policies import ORACLE, REGISTRY
 
 # Okabe-Ito (colour-blind safe), then more distinct colours for many classes
 CLASS_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#882255",
                 "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86"]
 RIGHT, WRONG, NEUTRAL = "#009E73", "#D55E00", "#7F7F7F"  # NEUTRAL: no labels to judge by
-POLICY_COLORS = {"de3": "#0072B2", "dr": "#56B4E9", "entropy": "#E69F00", "maxprob": "#CC79A7",
-                 "pabee": "#009E73", "pcee": "#D55E00", "static": "#7F7F7F", "oracle": "#8C6D31"}
 CURRENT = "#E4007C"  # the current setting / exit marker: visible on light and dark themes
 SIGNAL_COLORS = {"entropy": "#E69F00", "dr": "#56B4E9", "edr": "#0072B2", "max_prob": "#CC79A7"}
 BUCKET_COLORS = {"efficient": "#009E73", "wasted": "#56B4E9", "premature": "#D55E00", "missed": "#CC79A7",
@@ -114,8 +112,9 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
                    other_lambdas: bool = False, oracle_front: pd.DataFrame | None = None) -> go.Figure:
     """Metric vs speed-up of every policy's sweep on one chart, the current setting marked.
 
-    ``curves``: a ``curves.sweep`` frame. DE3 is drawn at ``lambda_`` (other λ as hidden legend entries when
-    ``other_lambdas``), PCEE at ``patience``. ``x`` = "speedup" (L / mean exit layer) or "flops" (1 / FLOPs
+    ``curves``: a ``curves.sweep`` frame. A threshold policy with λ (DE3) is drawn at ``lambda_`` (other λ as hidden
+    legend entries when ``other_lambdas``), one with patience (PCEE) at ``patience``; how each policy looks is its
+    ``PolicySpec`` (colour, style, featured on top). ``x`` = "speedup" (L / mean exit layer) or "flops" (1 / FLOPs
     ratio). ``frontier_only`` draws each policy's upper envelope (best metric at a speed-up ≥ s) instead.
     ``oracle_front`` (``curves.oracle_frontier``): for accuracy, drawn as the line "oracle frontier (upper
     bound)" — the best accuracy any exit assignment can have at a speed-up ≥ s (layer speed-up only: it is not
@@ -125,53 +124,58 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
     curves = curves.assign(flops_speedup=1.0 / curves["flops_ratio"])
     fig = go.Figure()
 
+    order = list(REGISTRY)
+
     def add(rows: pd.DataFrame, name: str, policy: str, *, visible=True, dash=None, width=2.0) -> None:
+        spec = REGISTRY[policy]
+        point = spec.style == "point"
         rows = rows.sort_values([xcol, "metric"])
-        if frontier_only and policy not in ("static", "oracle"):
+        if frontier_only and spec.style == "line":
             rows = rows.sort_values(xcol, ascending=False)
             rows = rows[rows["metric"].cummax() == rows["metric"]].drop_duplicates("metric", keep="first")
             rows = rows.sort_values(xcol)
-        mode = "lines+markers" if policy not in ("oracle",) else "markers"
         fig.add_trace(go.Scatter(
-            x=rows[xcol], y=100 * rows["metric"], name=name, mode=mode, visible=visible,
-            legendrank=100 + POLICIES.index(policy) + (0 if visible is True else 50),
+            x=rows[xcol], y=100 * rows["metric"], name=name, mode="markers" if point else "lines+markers",
+            visible=visible, legendrank=100 + order.index(policy) + (0 if visible is True else 50),
             # F(s) on (s_prev, s] is the value at s: drop at s_prev, then run flat to s ("vh")
-            line=dict(color=POLICY_COLORS[policy], width=width, dash=dash, shape="vh" if frontier_only else "linear"),
-            marker=dict(size=14 if policy == "oracle" else 4, symbol="star" if policy == "oracle" else "circle",
-                        color=POLICY_COLORS[policy]),
+            line=dict(color=spec.color, width=width, dash=dash, shape="vh" if frontier_only else "linear"),
+            marker=dict(size=14 if point else 4, symbol="star" if point else "circle", color=spec.color),
             text=_hover(rows), customdata=_settings(rows), hovertemplate="%{text}<extra></extra>"))
 
-    for policy in [p for p in POLICIES if p != "de3"] + ["de3"]:  # DE3 last: drawn on top
+    for policy in sorted(order, key=lambda name: REGISTRY[name].featured):  # the featured one last: on top
+        spec = REGISTRY[policy]
         rows = curves[curves["policy"] == policy]
         if rows.empty:
             continue
-        if policy == "de3":
-            lams = sorted(rows["lambda_"].unique())
-            here = rows[np.isclose(rows["lambda_"], lambda_)]
-            add(here, f"{POLICY_LABELS['de3']}, λ={lambda_:g}", "de3", width=3.5)
-            if other_lambdas:
-                for lam in lams:
-                    if not np.isclose(lam, lambda_):
-                        add(rows[np.isclose(rows["lambda_"], lam)], f"DE3 λ={lam:g}", "de3", visible="legendonly",
-                            dash="dot", width=1.2)
-        elif policy == "pcee":
-            same = rows[rows["patience"] == patience]
-            add(same if len(same) else rows, f"{POLICY_LABELS['pcee']}, t={patience}" if len(same) else POLICY_LABELS["pcee"],
-                "pcee")
-        elif policy == "static":
+        if spec.style == "layers":  # one marker per exit layer, labelled with it
             rows = rows.sort_values(xcol)
             fig.add_trace(go.Scatter(
-                x=rows[xcol], y=100 * rows["metric"], name=POLICY_LABELS["static"], mode="lines+markers+text",
-                legendrank=100 + POLICIES.index("static"),
-                line=dict(color=POLICY_COLORS["static"], dash="dash", width=1.5),
-                marker=dict(size=8, symbol="square", color=POLICY_COLORS["static"]),
+                x=rows[xcol], y=100 * rows["metric"], name=spec.label, mode="lines+markers+text",
+                legendrank=100 + order.index(policy),
+                line=dict(color=spec.color, dash="dash", width=1.5),
+                marker=dict(size=8, symbol="square", color=spec.color),
                 text=[f"L{int(v)}" for v in rows["layer"]], textposition="bottom center",
                 hovertext=_hover(rows), customdata=_settings(rows), hovertemplate="%{hovertext}<extra></extra>"))
-        elif policy == "oracle":
+            continue
+        if spec.needs_labels:  # the oracle: an upper bound for accuracy, a reference point for F1/MCC
             bound = oracle_front is None or bool(oracle_front.attrs.get("bound"))
-            add(rows, POLICY_LABELS["oracle"] if bound else "oracle (reference point)", "oracle")
-        else:
-            add(rows, POLICY_LABELS[policy], policy)
+            add(rows, spec.label if bound else f"{spec.label} (reference point)", policy)
+            continue
+        name, width = spec.label, 3.5 if spec.featured else 2.0
+        if "patience" in spec.curve_params:  # the curve at the sidebar's patience, when the sweep has it
+            same = rows[rows["patience"] == patience]
+            if len(same):
+                rows, name = same, f"{name}, t={patience}"
+        if "lambda_" in spec.curve_params:  # the curve at the sidebar's λ; the others on demand
+            every = rows
+            add(rows[np.isclose(rows["lambda_"], lambda_)], f"{name}, λ={lambda_:g}", policy, width=width)
+            if other_lambdas:
+                for lam in sorted(every["lambda_"].unique()):
+                    if not np.isclose(lam, lambda_):
+                        add(every[np.isclose(every["lambda_"], lam)], f"{spec.short} λ={lam:g}", policy,
+                            visible="legendonly", dash="dot", width=1.2)
+            continue
+        add(rows, name, policy, width=width)
     if oracle_front is not None and oracle_front.attrs.get("bound") and x == "speedup":
         _add_oracle_frontier(fig, oracle_front)
 
@@ -197,8 +201,8 @@ def _add_oracle_frontier(fig: go.Figure, oracle_front: pd.DataFrame) -> None:
     if xs[0] > 1.0:
         xs, ys = np.concatenate([[1.0], xs]), np.concatenate([[ys[0]], ys])
     fig.add_trace(go.Scatter(
-        x=xs, y=ys, name="oracle frontier (upper bound)", mode="lines", legendrank=100 + len(POLICIES),
-        line=dict(color=POLICY_COLORS["oracle"], width=1.5, dash="dash", shape="vh"),
+        x=xs, y=ys, name="oracle frontier (upper bound)", mode="lines", legendrank=100 + len(REGISTRY),
+        line=dict(color=REGISTRY[ORACLE].color, width=1.5, dash="dash", shape="vh"),
         hovertemplate="<b>oracle frontier</b>: no exit assignment reaches more than %{y:.2f}% at a speed-up ≥ "
                       "%{x:.2f}× (uses labels)<extra></extra>"))
 
@@ -405,7 +409,7 @@ def class_lines(values: np.ndarray, *, class_names: list[str], true_label: int |
 def policy_exit_strip(exits: pd.DataFrame, *, num_layers: int, current: str | None = None) -> go.Figure:
     """Where each policy would let one sample exit (``derive.sample_exits``), ✓ right / ✗ wrong."""
     exits = exits.iloc[::-1]
-    labels = [POLICY_LABELS.get(p, p) + (" ◀ current" if p == current else "") for p in exits["policy"]]
+    labels = [(REGISTRY[p].label if p in REGISTRY else p) + (" ◀ current" if p == current else "") for p in exits["policy"]]
     fig = go.Figure(go.Scatter(
         x=exits["exit_layer"], y=labels, mode="markers+text",
         marker=dict(size=18, symbol=np.where(exits["correct"], "circle", "x"),

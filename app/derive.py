@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.curves import policy_from_row
-from analysis.policies import POLICIES, THRESHOLD_SIGNAL, ExitPolicy, threshold_signal
+from analysis.policies import REGISTRY, ExitPolicy, exit_mask, input_columns, threshold_signal
 from analysis.signals import edr
 
 # ---------------------------------------------------------------------------------------------------------
@@ -26,24 +26,25 @@ from analysis.signals import edr
 
 _MANTISSAS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
 LOG_GRID = tuple([0.0] + [round(m * 10.0 ** e, 6) for e in range(-4, 0) for m in _MANTISSAS] + [1.0])
-# max-probability exits when max_prob > τ, so its interesting range is just below 1
-MAXPROB_GRID = tuple(sorted({round(1.0 - g, 6) for g in LOG_GRID}))
+# for values that are near 1 when sure (max-probability exits when max_prob > τ): just below 1
+ONE_MINUS_LOG_GRID = tuple(sorted({round(1.0 - g, 6) for g in LOG_GRID}))
+TAU_GRIDS = {"log": LOG_GRID, "1-log": ONE_MINUS_LOG_GRID}  # by ``PolicySpec.tau_grid``
 LAMBDA_GRID = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0)
-THRESHOLD_POLICIES = ("de3", "dr", "entropy", "maxprob", "pcee")
-PATIENCE_POLICIES = ("pabee", "pcee")
-# τ each threshold policy opens with: about 2× speed-up on the default (SST-2 dev, λ = 1, patience 2: DE3 2.19×,
-# entropy 2.08×, DR 1.87×, max-probability 2.02×, PCEE 2.07×), so switching policy compares like with like and the
-# default already lets a few samples out too early (6 premature exits for DE3).
-DEFAULT_TAUS = {"de3": 0.2, "dr": 0.15, "entropy": 0.3, "maxprob": 0.95, "pcee": 0.7}
+# The τ each threshold policy opens with is its ``PolicySpec.tau``: about 2× speed-up on the default (SST-2 dev,
+# λ = 1, patience 2: DE3 2.19×, entropy 2.08×, DR 1.87×, max-probability 2.02×, PCEE 2.07×), so switching policy
+# compares like with like and the default already lets a few samples out too early (6 premature exits for DE3).
 
-# which quantity each threshold policy compares with τ, and in which direction
-SIGNAL_OF_POLICY = {"de3": "edr", "dr": "dr", "entropy": "entropy", "pcee": "entropy", "maxprob": "max_prob"}
 SIGNAL_LABELS = {"entropy": "entropy", "dr": "DR", "edr": "EDR", "max_prob": "max-probability"}
+
+
+def signal_label(name: str) -> str:
+    """How the app names a signal (a policy's ``value_name``): "DR", "EDR", ...; other names as they are."""
+    return SIGNAL_LABELS.get(name, name)
 
 
 def tau_grid(policy_name: str, current: float | None = None) -> list[float]:
     """Slider options for τ of a policy, with ``current`` inserted when it is off the grid (a shared URL)."""
-    grid = set(MAXPROB_GRID if policy_name == "maxprob" else LOG_GRID)
+    grid = set(TAU_GRIDS[REGISTRY[policy_name].tau_grid])
     if current is not None and math.isfinite(current):
         grid.add(float(current))
     return sorted(grid)
@@ -76,7 +77,7 @@ def signals(trace, lambda_: float) -> dict[str, np.ndarray]:
 def policy_signal(trace, policy: ExitPolicy) -> tuple[str, np.ndarray] | None:
     """(signal name, (N, L) values) that ``policy``'s τ is compared with, or None for pabee, static, oracle."""
     values = threshold_signal(trace.wide, policy)
-    return None if values is None else (THRESHOLD_SIGNAL[policy.name], values)
+    return None if values is None else (policy.spec.value_name, values)
 
 
 def map_layer(value, num_layers: int) -> tuple[int, str | None]:
@@ -101,38 +102,39 @@ def map_layer(value, num_layers: int) -> tuple[int, str | None]:
     return shown, f"map layer {layer} from the link is outside this trace's layers 1..{num_layers}; showing layer {shown}"
 
 
-def exit_test_text(policy: ExitPolicy) -> str:
-    """The policy's exit test in words, e.g. "EDR(λ=1) < τ=0.02"."""
-    p = policy
-    return {
-        "de3": f"EDR(λ={p.lambda_:g}) < τ={p.tau:g}",
-        "dr": f"DR < τ={p.tau:g}",
-        "entropy": f"entropy < τ={p.tau:g}",
-        "maxprob": f"max-probability > τ={p.tau:g}",
-        "pcee": f"entropy < τ={p.tau:g} at {p.patience} layer(s) in a row",
-        "pabee": f"prediction unchanged {p.patience} time(s) in a row",
-        "static": f"layer = {p.layer}",
-        "oracle": "the prediction is correct; never right at any layer → layer 1 (needs the label: an upper bound)",
-    }[p.name]
-
-
 def no_early_exit_hint(trace, policy: ExitPolicy) -> str:
     """Why nobody leaves before the last layer, and what to change."""
-    L = trace.num_layers
+    L, spec = trace.num_layers, policy.spec
     sig = policy_signal(trace, policy)
     if sig is None:
-        if policy.name == "pabee":
-            return f"patience {policy.patience} needs {policy.patience + 1} layers < {L}; lower the patience"
-        if policy.name == "static":
-            return f"the static exit layer is {policy.layer}; pick a layer below {L}"
-        return "every sample is first right at the last layer"
+        return spec.stuck(policy, L) if spec.stuck else f"no layer before {L} passes {policy.exit_test()}"
     name, values = sig
     early = values[:, :-1]
-    if policy.name == "maxprob":
-        return (f"the largest max-probability at layers < {L} is {np.nanmax(early):.6g}; "
+    if spec.above:
+        return (f"the largest {signal_label(name)} at layers < {L} is {np.nanmax(early):.6g}; "
                 f"lower τ below it to let someone exit")
-    return (f"the smallest {SIGNAL_LABELS[name]} at layers < {L} is {np.nanmin(early):.6g}; "
+    return (f"the smallest {signal_label(name)} at layers < {L} is {np.nanmin(early):.6g}; "
             f"raise τ above it to let someone exit")
+
+
+def one_sample(trace, sample: int) -> dict[str, np.ndarray]:
+    """The (1, L) columns every policy reads, of one sample: enough to decide its exit under any policy."""
+    return {k: np.asarray(trace.wide[k])[sample:sample + 1] for k in input_columns()}
+
+
+def exit_test_column(trace, policy: ExitPolicy, sample: int, exit_layer: int) -> list[str]:
+    """Per layer: what the policy's exit test said for ``sample`` (which exits at ``exit_layer``)."""
+    L, e = trace.num_layers, exit_layer
+    passes = np.asarray(exit_mask(policy, one_sample(trace, sample)))[0]
+    out = []
+    for m in range(1, L + 1):
+        if m == e:
+            out.append("passes → exits" if m < L else "last layer answers")
+        elif m < e:
+            out.append("fails → continues")
+        else:
+            out.append("after the exit" + (" (would pass)" if passes[m - 1] and m < L else ""))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,15 +145,15 @@ def no_early_exit_hint(trace, policy: ExitPolicy) -> str:
 def matched_settings(curves: pd.DataFrame, speedup: float, *, lambda_: float | None = None,
                      patience: int | None = None) -> dict[str, tuple[ExitPolicy, pd.Series]]:
     """For every policy in ``curves``: the setting with the best metric among those at least as fast as
-    ``speedup`` (ties: the faster one); the fastest setting when none is. DE3 at ``lambda_`` and PCEE at
-    ``patience`` when those are given and present."""
+    ``speedup`` (ties: the faster one); the fastest setting when none is. A threshold policy's curve at
+    ``lambda_`` (DE3) and ``patience`` (PCEE) when it has those parameters and the curves hold them."""
     out = {}
-    for name in POLICIES:
+    for name, spec in REGISTRY.items():
         rows = curves[curves["policy"] == name]
-        if name == "de3" and lambda_ is not None:
+        if "lambda_" in spec.curve_params and lambda_ is not None:
             same = rows[np.isclose(rows["lambda_"], lambda_)]
             rows = same if len(same) else rows
-        if name == "pcee" and patience is not None:
+        if "patience" in spec.curve_params and patience is not None:
             same = rows[rows["patience"] == patience]
             rows = same if len(same) else rows
         if rows.empty:
@@ -169,7 +171,7 @@ def sample_exits(trace, sample: int, policies: dict[str, ExitPolicy]) -> pd.Data
     """Where each policy would let one sample exit, what it would answer and whether that is right."""
     from analysis.policies import decide_exits
 
-    sub = {k: np.asarray(trace.wide[k])[sample:sample + 1] for k in ("pred", "entropy", "dr", "max_prob", "correct")}
+    sub = one_sample(trace, sample)
     rows = []
     label = int(trace.labels[sample])
     for name, p in policies.items():

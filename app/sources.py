@@ -23,12 +23,12 @@ import json
 import os
 import unicodedata
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from analysis.data import TRACE_SPLITS
 from analysis.errors import DE3Error, shorten
-from analysis.io import atomic_file, os_error_message, output_lock, path_kind
+from analysis.io import atomic_file, os_error_message, output_lock, path_kind, read_json_object
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained"
@@ -168,13 +168,14 @@ def checkpoint_card(checkpoint: str) -> dict[str, str]:
 def checkpoint_layers(checkpoint: str) -> int | None:
     """Number of layers from a checkpoint's config.json, or None when unreadable or not a positive integer."""
     try:
-        layers = json.loads((resolve_checkpoint(checkpoint) / "config.json").read_text())["num_hidden_layers"]
+        layers = read_json_object(resolve_checkpoint(checkpoint) / "config.json")["num_hidden_layers"]
     except (DE3Error, OSError, ValueError, KeyError, TypeError):
         return None
     return layers if isinstance(layers, int) and not isinstance(layers, bool) and layers >= 1 else None
 
 
-def _weights_stamp(folder: Path) -> list:
+def weights_stamp(folder: Path) -> list:
+    """[resolved path, size, modification time] of a checkpoint's weights: changes whenever it is rewritten."""
     weights = folder / "model.safetensors"
     try:
         st = weights.stat()
@@ -202,7 +203,7 @@ def trace_folder(source: TraceSource) -> Path:
     ckpt = resolve_checkpoint(source.checkpoint)
     data_dir = str(data_dir_of(source)) if source.data_dir else None
     data = str(data_file_of(source)) if is_data_file(source) else source.data
-    payload = {"v": CACHE_VERSION, "weights": _weights_stamp(ckpt), **source.key(), "data": data, "data_dir": data_dir}
+    payload = {"v": CACHE_VERSION, "weights": weights_stamp(ckpt), **source.key(), "data": data, "data_dir": data_dir}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return cache_root() / "traces" / digest
 
@@ -300,7 +301,7 @@ def compute_trace(source: TraceSource, model, tokenizer, folder: Path,
     Another process writing ``folder`` (a second app server, a command) is waited for, up to ``TRACE_WAIT_S``;
     when it has left a complete trace there, that one is used.
     """
-    from analysis.trace import write_trace
+    from analysis.tracer import write_trace
 
     with output_lock(folder, "the app", what="trace folder", wait=TRACE_WAIT_S):
         if has_trace(folder):
@@ -363,7 +364,3 @@ def preview_columns(path: Path, header: bool = True, rows: int = 5, display_name
     frame = pd.DataFrame({i: col[:rows] for i, col in enumerate(columns)})
     frame.columns = [str(n) for n in names] if names is not None else [str(i) for i in range(len(columns))]
     return frame
-
-
-def with_split(source: TraceSource, split: str) -> TraceSource:
-    return replace(source, split=split)

@@ -2,15 +2,16 @@
 
 One browser session = one ``st.session_state``. The canonical values live under a few keys:
 
-    "source"        TraceSource        which checkpoint / data / split the pages show
-    "device"        "auto" | "cpu" | "cuda"
-    "policy"        dict               name, tau per policy, lambda_, patience, layer
-    "page"          dict               page settings worth sharing (inspected sample, map layer, ...)
+    "source"   TraceSource              which checkpoint / data / split the pages show   ``source()``
+    "device"   "auto" | "cpu" | "cuda"                                                   ``device()``
+    "policy"   PolicyState              name, τ per policy, λ, patience, layer           ``policy_state()``
+    "page"     PageState                page settings worth sharing (sample, map layer)  ``page_settings()``
 
-Widgets have their own keys ("w_..."), are seeded from the canonical values before they are drawn, and write
-back in ``on_change`` callbacks, so a widget that is hidden for a while (the patience slider of a policy
-without patience) does not lose its value. Nothing here is cached across sessions; the cached model and
-trace never see a policy.
+Pages read them through those accessors (and ``set_page``), never by key. Widgets have their own keys ("w_..."),
+are seeded from the canonical values before they are drawn, and write back in ``on_change`` callbacks, so a widget
+that is hidden for a while (the patience slider of a policy without patience) does not lose its value. Which
+widgets a policy shows is read from its ``PolicySpec``. Nothing here is cached across sessions; the cached model
+and trace never see a policy.
 
 URL: the first run of a session reads ``st.query_params`` (policy, tau, lambda, patience, layer, ckpt,
 data, split, sample, map_layer, color, bucket); a number outside its declared range (``URL_NUMBERS``) is ignored
@@ -20,43 +21,88 @@ same view.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 
 import streamlit as st
 
 from analysis.errors import DE3Error, one_line, shorten
-from analysis.policies import POLICIES, POLICY_LABELS, ExitPolicy
+from analysis.policies import DE3, REGISTRY, ExitPolicy
 from analysis.validate import POLICY, RUN, BadNumber, Range
 from app import cache, derive, sources
 
-DEFAULT_POLICY = {"name": "de3", "tau": dict(derive.DEFAULT_TAUS), "lambda_": 1.0, "patience": 2, "layer": 2}
-PAGE_PARAMS = ("sample", "map_layer", "color", "method", "bucket")  # page settings shared through the URL
 DEVICES = ("auto", "cpu", "cuda")
 
 
 # ---- canonical state ---------------------------------------------------------------------------------------
 
 
-def _policy_state() -> dict:
+def _opening_taus() -> dict[str, float]:
+    return {name: spec.tau for name, spec in REGISTRY.items() if spec.threshold}
+
+
+@dataclass
+class PolicyState:
+    """The session's exit policy: which one, and the parameters of every policy, so that switching policy and back
+    keeps each one's τ. ``policy`` makes the ``ExitPolicy``; the sidebar's callbacks write single fields."""
+
+    name: str = DE3
+    tau: dict[str, float] = field(default_factory=_opening_taus)  # per policy; opens at ``PolicySpec.tau``
+    lambda_: float = 1.0
+    patience: int = 2
+    layer: int = 2
+
+    def policy(self, num_layers: int | None = None) -> ExitPolicy:
+        """As an ``ExitPolicy`` (patience and static layer clamped to the trace's layers)."""
+        patience, layer = int(self.patience), int(self.layer)
+        if num_layers:
+            patience = min(max(patience, 1), max(num_layers - 1, 1))
+            layer = min(max(layer, 1), num_layers)
+        opening = REGISTRY[self.name].tau
+        tau = self.tau.get(self.name, ExitPolicy.tau if opening is None else opening)
+        return ExitPolicy(self.name, tau=float(tau), lambda_=float(self.lambda_), patience=patience, layer=layer)
+
+    def adopt(self, policy: ExitPolicy) -> None:
+        """Make ``policy`` the current one (keeps the other policies' τ)."""
+        self.name = policy.name
+        if policy.spec.threshold:
+            self.tau[policy.name] = float(policy.tau)
+        self.lambda_, self.patience, self.layer = float(policy.lambda_), int(policy.patience), int(policy.layer)
+
+
+@dataclass
+class PageState:
+    """Page settings shared through the URL, each None until a page or a link sets it."""
+
+    sample: int | None = None  # Sample inspector: the sample shown (0-based)
+    map_layer: int | None = None  # Prototype map (and its export): the layer, 1-based
+    color: str | None = None  # Prototype map: what colours the points
+    method: str | None = None  # Prototype map: "umap" or "pca"
+    bucket: str | None = None  # Misclassified early exits: the bucket listed
+
+
+PAGE_PARAMS = tuple(f.name for f in fields(PageState))  # their URL keys are their names
+
+
+def policy_state() -> PolicyState:
     if "policy" not in st.session_state:
-        st.session_state["policy"] = {**DEFAULT_POLICY, "tau": dict(DEFAULT_POLICY["tau"])}
+        st.session_state["policy"] = PolicyState()
     return st.session_state["policy"]
 
 
-def page_state() -> dict:
-    """Page settings shared through the URL: sample, map_layer, color, method, bucket."""
+def page_settings() -> PageState:
+    """This session's page settings."""
     if "page" not in st.session_state:
-        st.session_state["page"] = {}
+        st.session_state["page"] = PageState()
     return st.session_state["page"]
 
 
 def set_page(**values) -> None:
-    page = page_state()
-    for k, v in values.items():
-        if v is None:
-            page.pop(k, None)
-        else:
-            page[k] = v
+    """Set page settings by name (``PageState`` fields); None clears one."""
+    current = page_settings()
+    for key, value in values.items():
+        if key not in PAGE_PARAMS:
+            raise TypeError(f"no page setting {key!r}; PageState has {', '.join(PAGE_PARAMS)}")
+        setattr(current, key, value)
 
 
 def source() -> sources.TraceSource:
@@ -73,28 +119,25 @@ def device() -> str:
     return st.session_state.get("device", "auto")
 
 
+def set_device(value: str | None) -> None:
+    """The device new models load on: one of ``DEVICES`` (None: "auto")."""
+    st.session_state["device"] = value or "auto"
+
+
 def current_policy(num_layers: int | None = None) -> ExitPolicy:
     """The session's policy as an ``ExitPolicy`` (patience and static layer clamped to the trace's layers)."""
-    p = _policy_state()
-    patience, layer = int(p["patience"]), int(p["layer"])
-    if num_layers:
-        patience = min(max(patience, 1), max(num_layers - 1, 1))
-        layer = min(max(layer, 1), num_layers)
-    tau = p["tau"].get(p["name"], derive.DEFAULT_TAUS.get(p["name"], 0.5))
-    return ExitPolicy(p["name"], tau=float(tau), lambda_=float(p["lambda_"]), patience=patience, layer=layer)
+    return policy_state().policy(num_layers)
 
 
 def set_policy(policy: ExitPolicy) -> None:
     """Make ``policy`` the session's current policy (keeps the other policies' τ)."""
-    p = _policy_state()
-    p["name"] = policy.name
-    if policy.name in derive.THRESHOLD_POLICIES:
-        p["tau"][policy.name] = float(policy.tau)
-    p["lambda_"], p["patience"], p["layer"] = float(policy.lambda_), int(policy.patience), int(policy.layer)
+    policy_state().adopt(policy)
 
 
 # ---- URL ---------------------------------------------------------------------------------------------------
 
+
+URL_POLICY_FIELDS = {"tau": "tau", "lambda": "lambda_", "patience": "patience", "layer": "layer"}  # URL key -> field
 
 # The URL's numbers and their declared ranges (analysis/validate.py); a value outside one is ignored, with a warning.
 URL_NUMBERS = {
@@ -129,28 +172,28 @@ def read_query_params() -> list[str]:
         return problems
     st.session_state["_url_read"] = True
     qp = st.query_params
-    p = _policy_state()
+    p = policy_state()
     name = qp.get("policy")
     if name is not None:
-        if name in POLICIES:
-            p["name"] = name
+        if name in REGISTRY:
+            p.name = name
         else:
-            problems.append(f"unknown policy {shorten(name)} in the link (choose one of {', '.join(POLICIES)})")
+            problems.append(f"unknown policy {shorten(name)} in the link (choose one of {', '.join(REGISTRY)})")
     tau = _url_number(qp, "tau", problems)
     if tau is not None:
-        p["tau"][p["name"]] = tau
-    for key, field in (("lambda", "lambda_"), ("patience", "patience"), ("layer", "layer")):
-        value = _url_number(qp, key, problems)
-        if value is not None:
-            p[field] = value
-    page = page_state()
+        p.tau[p.name] = tau
+    for key, attr in URL_POLICY_FIELDS.items():
+        if key != "tau":
+            value = _url_number(qp, key, problems)
+            if value is not None:
+                setattr(p, attr, value)
     for key in ("sample", "map_layer"):
         value = _url_number(qp, key, problems)
         if value is not None:
-            page[key] = value
+            set_page(**{key: value})
     for key in ("color", "method", "bucket"):
         if key in qp:
-            page[key] = qp.get(key)
+            set_page(**{key: qp.get(key)})
     src = source()
     changes = {}
     if qp.get("ckpt"):
@@ -174,11 +217,13 @@ def desired_query_params(num_layers: int | None = None) -> dict[str, str]:
     """What the URL should say now: the policy's parameters (only those it uses), page settings, source."""
     pol = current_policy(num_layers)
     out = {"policy": pol.name}
-    for key, value in pol.params().items():
-        out[{"lambda_": "lambda", "tau": "tau"}.get(key, key)] = f"{value:g}"
+    url_key = {name: key for key, name in URL_POLICY_FIELDS.items()}
+    for name, value in pol.params().items():
+        out[url_key[name]] = f"{value:g}"
     for key in PAGE_PARAMS:
-        if key in page_state():
-            out[key] = str(page_state()[key])
+        value = getattr(page_settings(), key)
+        if value is not None:
+            out[key] = str(value)
     src, default = source(), sources.TraceSource()
     if src.checkpoint != default.checkpoint:
         out["ckpt"] = src.checkpoint
@@ -278,53 +323,55 @@ def _seed(key: str, value) -> None:
 
 
 def _on_name() -> None:
-    _policy_state()["name"] = st.session_state["w_policy"]
+    policy_state().name = st.session_state["w_policy"]
 
 
 def _on_tau(name: str) -> None:
-    _policy_state()["tau"][name] = float(st.session_state[f"w_tau_{name}"])
+    policy_state().tau[name] = float(st.session_state[f"w_tau_{name}"])
 
 
-def _on(field: str, key: str, cast) -> None:
-    _policy_state()[field] = cast(st.session_state[key])
+def _on(name: str, key: str, cast) -> None:
+    setattr(policy_state(), name, cast(st.session_state[key]))
 
 
 def _reset_policy() -> None:
-    st.session_state["policy"] = {**DEFAULT_POLICY, "tau": dict(DEFAULT_POLICY["tau"])}
+    st.session_state["policy"] = PolicyState()
 
 
 def policy_sidebar(num_layers: int | None) -> ExitPolicy:
     """Policy and its parameters in the sidebar. Returns the current ``ExitPolicy``."""
     L = num_layers or 12
     pol = current_policy(L)
+    spec = pol.spec
     sb = st.sidebar
     sb.subheader("Exit policy")
     _seed("w_policy", pol.name)
-    sb.selectbox("Policy", POLICIES, format_func=POLICY_LABELS.get, key="w_policy", on_change=_on_name,
-                 help="The rule that decides, after each layer, whether a sample may stop there.")
-    if pol.name in derive.THRESHOLD_POLICIES:
+    sb.selectbox("Policy", list(REGISTRY), format_func=lambda name: REGISTRY[name].label, key="w_policy",
+                 on_change=_on_name, help="The rule that decides, after each layer, whether a sample may stop there.")
+    if spec.threshold:
         key = f"w_tau_{pol.name}"
         options = derive.tau_grid(pol.name, pol.tau)
         _seed(key, derive.nearest(options, pol.tau))
         sb.select_slider("Threshold τ", options=options, key=key, on_change=_on_tau, args=(pol.name,),
                          format_func=lambda v: f"{v:g}",
-                         help=("Exit when max-probability > τ (higher τ = more careful)." if pol.name == "maxprob"
-                               else "Exit when the signal < τ (lower τ = more careful). Log-spaced steps."))
-    if pol.name == "de3":
+                         help=(f"Exit when {derive.signal_label(spec.value_name)} > τ (higher τ = more careful)."
+                               if spec.above else
+                               "Exit when the signal < τ (lower τ = more careful). Log-spaced steps."))
+    if "lambda_" in spec.params:
         options = derive.lambda_grid(pol.lambda_)
         _seed("w_lambda", derive.nearest(options, pol.lambda_))
         sb.select_slider("λ (weight of DR vs entropy)", options=options, key="w_lambda", on_change=_on,
                          args=("lambda_", "w_lambda", float), format_func=lambda v: f"{v:g}",
                          help="λ = 0: entropy alone; large λ: DR alone; λ = 1: harmonic mean of the two.")
-    if pol.name in derive.PATIENCE_POLICIES:
+    if "patience" in spec.params:
         _seed("w_patience", pol.patience)
         sb.slider("Patience t", 1, max(L - 1, 1), key="w_patience", on_change=_on, args=("patience", "w_patience", int),
                   disabled=L <= 2, help="Consecutive layers the condition must hold before exiting.")
-    if pol.name == "static":
+    if "layer" in spec.params:
         _seed("w_layer", pol.layer)
         sb.slider("Static exit layer", 1, L, key="w_layer", on_change=_on, args=("layer", "w_layer", int),
                   help="Every sample leaves at this layer.")
-    sb.caption(f"Exit test at layers 1..{L - 1}: **{derive.exit_test_text(pol)}**; layer {L} answers whoever is left.")
+    sb.caption(f"Exit test at layers 1..{L - 1}: **{pol.exit_test()}**; layer {L} answers whoever is left.")
     sb.button("Reset policy", on_click=_reset_policy, key="w_reset_policy", type="tertiary")
     return current_policy(L)
 

@@ -1,4 +1,6 @@
-"""Definitions shown in the app, written once (they follow DE3_SPEC §4–§6 and analysis/cost.py)."""
+"""Definitions shown in the app, written once (they follow DE3_SPEC §4–§6 and analysis/cost.py).
+
+Each exit policy's own words (one line, its exit test) live with the policy: ``analysis.policies.REGISTRY``."""
 
 SPEEDUP = r"\text{speed-up} = \frac{L}{\overline{e}} = \frac{L \cdot N}{\sum_{i=1}^{L} i \cdot N_i}"
 SAVED = r"\text{saved fraction} = 1 - \frac{\overline{e}}{L}"
@@ -42,15 +44,3 @@ SPEEDUP_WORDS = (
     "ē layers on average, so the speed-up is L / ē. Lower τ → fewer exits → less speed-up, usually higher "
     "accuracy; raise τ and the model answers earlier, trading accuracy for speed."
 )
-
-POLICY_WORDS = {
-    "de3": "DE3-BERT: EDR(λ) < τ — local entropy fused with the global distance ratio.",
-    "dr": "DR only: DR < τ — the prototype geometry alone.",
-    "entropy": "DeeBERT: entropy < τ — the classifier's own uncertainty alone.",
-    "maxprob": "max-probability: the top class probability > τ.",
-    "pabee": "PABEE: the prediction has stayed the same for `patience` consecutive layers.",
-    "pcee": "PCEE-BERT: entropy < τ at `patience` consecutive layers.",
-    "static": "static: every sample leaves at the same layer.",
-    "oracle": "oracle: each sample leaves at the first layer whose prediction is right; one that no layer gets right "
-              "leaves at layer 1 (it is wrong anyway). Uses the label — the best accuracy at the fewest layers, not a method.",
-}

@@ -19,6 +19,8 @@ os.environ["DE3_APP_WARMUP"] = "0"  # no background numba compile while the test
 
 from streamlit.testing.v1 import AppTest
 
+from tests.test_policies import random_trace, toy_policy  # noqa: F401  (toy_policy: a fixture)
+
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "streamlit_app.py")
 CHECKPOINT = REPO / "pretrained" / "sst2-minilm-l6"  # the default
@@ -229,8 +231,8 @@ def test_two_sessions_do_not_share_settings():
     ok(b.select_slider(key="w_tau_de3").set_value(0.001).run())
     ok(a.run())
     ok(b.run())
-    assert a.session_state["policy"]["tau"]["de3"] == 0.3
-    assert b.session_state["policy"]["tau"]["de3"] == 0.001
+    assert a.session_state["policy"].tau["de3"] == 0.3
+    assert b.session_state["policy"].tau["de3"] == 0.001
     assert number(metric(a, "speed-up")) > number(metric(b, "speed-up"))
     assert a.query_params["tau"] == "0.3" and b.query_params["tau"] == "0.001"
 
@@ -260,7 +262,7 @@ def _synthetic_trace(correct_rows):
     """A trace whose per-layer right/wrong pattern is given: (N, L) of 0/1, label 0, K = 2."""
     import numpy as np
 
-    from analysis.trace import trace_from_outputs
+    from analysis.tracer import trace_from_outputs
 
     correct = np.asarray(correct_rows, dtype=bool)
     n, L = correct.shape
@@ -317,6 +319,42 @@ def test_tau_grid_keeps_an_off_grid_value_from_a_link():
     assert 0.0 in LOG_GRID and 1.0 in LOG_GRID and sorted(LOG_GRID) == list(LOG_GRID)
     assert 0.0123 in tau_grid("de3", 0.0123)
     assert all(0 <= t <= 1 for t in tau_grid("maxprob")) and 0.99 in tau_grid("maxprob")
+
+
+def test_policy_state_opens_at_about_2x_and_keeps_each_policys_tau():
+    from analysis.policies import ExitPolicy
+    from app.state import PolicyState
+
+    state = PolicyState()
+    assert state.tau == {"de3": 0.2, "dr": 0.15, "entropy": 0.3, "maxprob": 0.95, "pcee": 0.7}  # PolicySpec.tau
+    assert state.policy() == ExitPolicy("de3", tau=0.2, lambda_=1.0, patience=2, layer=2)
+    state.adopt(ExitPolicy("maxprob", tau=0.9))
+    state.name = "de3"
+    assert state.policy().tau == 0.2 and state.tau["maxprob"] == 0.9  # switching back keeps each one's τ
+    state.adopt(ExitPolicy("pabee", patience=9))
+    assert state.policy(num_layers=4).patience == 3 and state.policy().tau == ExitPolicy.tau  # clamped; τ unused
+    assert PolicyState().tau is not PolicyState().tau  # no session shares another's dict
+
+
+def test_a_new_policy_reaches_the_app_with_no_change(toy_policy):
+    """The toy policy of tests/test_policies.py, registered and nothing else: the sidebar's τ grid, the hint when
+    nobody leaves early, the inspector's exit-test column, matched settings and the trade-off chart all take it."""
+    from analysis.curves import default_grid, evaluate_policy, sweep
+    from analysis.policies import ExitPolicy
+    from app import charts as builders
+    from app import derive
+
+    trace = random_trace(n=80, num_layers=4, seed=2)
+    nobody = ExitPolicy(toy_policy.name, tau=0.0)
+    assert derive.tau_grid(toy_policy.name, 0.0123) == sorted({*derive.LOG_GRID, 0.0123})
+    hint = derive.no_early_exit_hint(trace, nobody)
+    assert hint.startswith("the smallest min(DR, entropy) at layers < 4 is") and "raise τ" in hint
+    assert derive.exit_test_column(trace, nobody, 0, 4) == ["fails → continues"] * 3 + ["last layer answers"]
+    curves = sweep(trace, default_grid(trace, lambdas=(1.0,), n_quantiles=10))
+    assert derive.matched_settings(curves, 1.5)[toy_policy.name][0].name == toy_policy.name
+    fig = builders.tradeoff_chart(curves, current=evaluate_policy(trace, nobody), current_label=nobody.describe(),
+                                  lambda_=1.0, patience=2)
+    assert [t.line.color for t in fig.data if t.name == "min(DR, entropy)"] == ["#999933"]
 
 
 def test_trace_folders_never_point_into_the_repo_for_computed_traces(tmp_path, monkeypatch):

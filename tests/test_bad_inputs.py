@@ -2,7 +2,7 @@
 
 The table ``CASES`` drives one test per case across the three ways in:
 
-    cli   ``analysis.cli.main([...])`` in-process: exit code 2, stderr one ``error: ...`` line, no traceback
+    cli   ``analysis.commands.main([...])`` in-process: exit code 2, stderr one ``error: ...`` line, no traceback
     api   the Python functions: a ``DE3Error`` subclass with a one-line message
     app   the Overview page under ``AppTest``: ``st.error`` shown, no exception, the app keeps running
 
@@ -38,7 +38,7 @@ os.environ["DE3_APP_WARMUP"] = "0"  # no background numba compile in the app tes
 
 from analysis.backbones import load_backbone
 from analysis.checkpoint import load_checkpoint, load_checkpoint_data
-from analysis.cli import main
+from analysis.commands import main
 from analysis.config import ModelConfig
 from analysis.data import load_data
 from analysis.errors import CheckpointError, DataError, DE3Error

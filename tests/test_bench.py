@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.bench import add_cli, check_targets, run_bench, synthetic_trace, threshold_for_speedup
+from analysis.commands.bench import check_targets, register, run_bench, synthetic_trace, threshold_for_speedup
 from analysis.engine import threshold_values
 from analysis.policies import ExitPolicy, decide_exits
 
@@ -24,7 +24,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory, tiny_backbone, tiny_csv):
-    from analysis.cli import main
+    from analysis.commands import main
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     code = main(["train", "--data", str(tiny_csv), "--backbone", tiny_backbone, "--max-steps", "2", "--max-length", "16",
@@ -55,10 +55,10 @@ def test_run_bench_writes_every_key(tiny_checkpoint, tiny_csv, tmp_path):
 
 
 def test_bench_cli_prints_targets(tiny_checkpoint, tiny_csv, tmp_path, capsys, monkeypatch):
-    from analysis import bench
+    from analysis.commands import bench
 
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="command"))
+    register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--checkpoint", str(tiny_checkpoint), "--data", str(tiny_csv), "--out",
                               str(tmp_path / "b.json"), "--max-samples", "12", "--repeats", "1", "--device", "cpu"])
     real = bench.run_bench

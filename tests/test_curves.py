@@ -7,40 +7,38 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from analysis.commands.curves import register as add_cli
+from analysis.compare import (
+    VS_BASELINE_COLUMNS,
+    choose_lambda,
+    compare,
+    matched_table,
+    matched_vs_baseline,
+    paired_bootstrap,
+)
 from analysis.cost import CostModel
 from analysis.curves import (
     CURVE_COLUMNS,
-    CurveError,
     _Context,
-    _exit_signal,
     _running_min,
     _threshold_totals,
-    VS_BASELINE_COLUMNS,
-    add_cli,
     best_metric_at,
     best_setting_at,
-    choose_lambda,
-    compare,
     default_grid,
     evaluate_policy,
     frontier,
     frontier_auc,
-    matched_table,
-    matched_vs_baseline,
     oracle_frontier,
-    paired_bootstrap,
     per_layer_metric,
-    score,
     sweep,
 )
-from analysis.data import compute_metric
-from analysis.errors import DE3Error
+from analysis.errors import CurveError, DE3Error
+from analysis.metrics import compute_metric, score
 from analysis.policies import POLICIES, ExitPolicy, decide_exits
-from analysis.trace import (
-    load_trace,
-    trace_from_outputs,
-)
+from analysis.trace import load_trace
+from analysis.tracer import trace_from_outputs
 from tests.test_policies import random_trace
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,7 +81,7 @@ def test_threshold_totals_equal_decide_exits_exactly():
     trace = random_trace(n=120, num_layers=4, k=3, seed=5)
     ctx = _Context.of(trace)
     for policy in (ExitPolicy("de3", lambda_=0.5), ExitPolicy("pcee", patience=2), ExitPolicy("entropy")):
-        signal = _exit_signal(trace.wide, policy.name, policy.lambda_, policy.patience)
+        signal = policy.spec.exit_signal(trace.wide, policy)
         taus = np.unique(np.concatenate([signal[:, :-1].ravel()[::7], [0.0, np.inf]]).astype(signal.dtype))
         totals = _threshold_totals(ctx, _running_min(signal), taus)
         for j, tau in enumerate(taus):
@@ -148,8 +146,8 @@ def test_scores_from_confusion_by_hand():
     assert score("accuracy", confusion) == pytest.approx(3 / 5)
     assert score("f1", confusion) == pytest.approx(4 / 6)
     assert score("mcc", confusion) == pytest.approx((2 * 1 - 1 * 1) / math.sqrt(3 * 3 * 2 * 2))
-    for metric in ("f1", "mcc"):
-        assert score(metric, confusion) == pytest.approx(compute_metric(metric, labels, preds))
+    for metric, reference in (("accuracy", accuracy_score), ("f1", f1_score), ("mcc", matthews_corrcoef)):
+        assert score(metric, confusion) == pytest.approx(reference(labels, preds))  # scikit-learn, independently
     degenerate = np.array([[5, 0], [0, 0]])  # one class only: F1 and MCC undefined -> 0
     assert score("f1", degenerate) == 0.0 and score("mcc", degenerate) == 0.0
     with pytest.raises(CurveError):

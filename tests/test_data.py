@@ -19,13 +19,13 @@ from analysis.data import (
     UNLABELLED,
     DataBundle,
     Split,
-    _read_bbc,
     class_ids,
-    compute_metric,
     load_data,
     reload_data,
 )
+from analysis.data.sources import read_bbc
 from analysis.errors import DataError
+from analysis.metrics import compute_metric
 
 SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -109,7 +109,7 @@ def test_bbc_loads_deterministic_disjoint_stratified():
     for name in ("train", "validation", "test"):
         assert as_tuples(bundle.split(name)) == as_tuples(again.split(name))
     # The three splits partition the corpus: together they are exactly the articles, each once.
-    texts, labels, _ = _read_bbc()
+    texts, labels, _ = read_bbc()
     assert rows_of(bundle) == Counter(zip(texts, [None] * len(texts), labels))
     # Stratified: each class's share in validation and test is close to its share overall.
     overall = np.bincount(labels, minlength=5) / len(labels)
@@ -273,7 +273,7 @@ def test_all_is_every_row_in_file_order_however_few(tmp_path, n):
 
 def test_all_of_bbc_and_glue(tmp_path):
     bbc = load_data("bbc")
-    texts, labels, _ = _read_bbc()
+    texts, labels, _ = read_bbc()
     assert bbc.split("all").texts == texts and bbc.split("all").labels == labels
     make_glue(tmp_path, "RTE", n=40)
     glue = load_data("glue/rte", data_dir=tmp_path)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from analysis.config import ModelConfig, TrainConfig
 from analysis.data import load_data
 from analysis.errors import DE3Error
-from analysis.trace import load_trace, write_trace
+from analysis.trace import load_trace
+from analysis.tracer import write_trace
 from analysis.training import resume_dir, train
 
 from .conftest import REPO, make_tiny_backbone
@@ -188,7 +189,7 @@ def test_resume_refuses_other_settings_or_data(resume_setup, tmp_path):
 
 
 def test_cli_resume_needs_no_settings_and_rejects_them(tmp_path):
-    from analysis.cli import main
+    from analysis.commands import main
 
     proc = _run("train", "--resume", "--out", str(tmp_path / "none"), check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: nothing to resume")
@@ -232,7 +233,7 @@ def test_killed_training_resumes_to_the_same_checkpoint(tiny_backbone, tiny_csv,
 
 def test_trace_memory_stays_flat_in_the_number_of_samples():
     """The memory benchmark at small sizes (the full 10k vs 100k run is `python -m analysis bench-memory`)."""
-    from analysis.membench import run_memory_bench
+    from analysis.commands.membench import run_memory_bench
 
     report = run_memory_bench(sizes=(1000, 8000), chunk_size=500, log=lambda *_: None)
     small, large = report["rows"]

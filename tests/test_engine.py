@@ -12,7 +12,8 @@ from analysis.engine import EarlyExitEngine, safe_threshold, threshold_values
 from analysis.errors import DE3Error
 from analysis.model import DE3Bert
 from analysis.policies import ExitPolicy, decide_exits
-from analysis.trace import load_trace, trace_from_outputs, write_trace
+from analysis.trace import load_trace
+from analysis.tracer import trace_from_outputs, write_trace
 from tests.conftest import WORDS
 
 LABELS = ("neg", "pos", "mixed")
@@ -180,6 +181,51 @@ def test_oracle_and_bad_inputs_raise(setup):
         engine.run(texts, policy=ExitPolicy("static"), batch_size=0)
     with pytest.raises(DE3Error, match="no texts"):
         engine.run([], policy=ExitPolicy("static"))
+
+
+def _model_state(model) -> tuple:
+    """Everything a policy could leave on a model: parameters and buffers, the config, every module's attributes."""
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    attributes = {(name, k): repr(v) for name, module in model.named_modules() for k, v in vars(module).items()
+                  if not k.startswith("_")}
+    return tensors, model.config, attributes
+
+
+def test_a_policy_is_an_argument_never_model_state(setup):
+    """One cached model serves every session (STYLE 3): running it under one policy changes nothing that a run under
+    another policy sees. The model's tensors, config and attributes are unchanged after runs of every policy, and a
+    policy's exits are the same before and after the others ran."""
+    model, tokenizer, texts, trace = setup
+    engine = EarlyExitEngine(model, tokenizer)
+    tensors, config, attributes = _model_state(model)
+    policies = policies_for(trace)
+    first = {p: engine.run(texts, policy=p, batch_size=8) for p in policies}
+    for p in reversed(policies):  # the same policies again, in the other order
+        again = engine.run(texts, policy=p, batch_size=8)
+        np.testing.assert_array_equal(again.exit_layer, first[p].exit_layer)
+        np.testing.assert_array_equal(again.pred, first[p].pred)
+    assert len({tuple(r.exit_layer) for r in first.values()}) > 1  # the policies did decide differently
+    after_tensors, after_config, after_attributes = _model_state(model)
+    assert after_config == config and after_attributes == attributes
+    assert after_tensors.keys() == tensors.keys()
+    assert all(torch.equal(after_tensors[k], v) for k, v in tensors.items())
+
+
+def test_engine_packs_the_signals_it_records_by_name(setup):
+    """A run's per-layer signals are the model's own ``exit_signals``, each under its own name (not a row order kept
+    in step by hand)."""
+    from analysis.engine import SIGNALS
+    from analysis.signals import exit_signals
+
+    model, tokenizer, texts, _ = setup
+    enc = tokenizer(texts[:1], return_tensors="pt")
+    result = EarlyExitEngine(model, tokenizer).run(texts[:1], policy=ExitPolicy("static", layer=model.num_layers))
+    with torch.no_grad():
+        out = model(enc["input_ids"], enc["attention_mask"])
+    s = exit_signals(out.logits, out.distances)
+    for name in SIGNALS:
+        np.testing.assert_allclose(result.signals[name][0], getattr(s, name)[:, 0].float().numpy(), atol=1e-5,
+                                   err_msg=name)
 
 
 def test_unsupported_backbone_names_its_type():

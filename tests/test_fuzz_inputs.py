@@ -1,6 +1,6 @@
 """Bad numbers at every way in: every numeric flag of every subcommand, and every number the app reads from its URL.
 
-The flags are enumerated from ``analysis.cli.build_parser()``, so a new flag is covered without editing this file
+The flags are enumerated from ``analysis.commands.build_parser()``, so a new flag is covered without editing this file
 (and a new numeric flag with a bare ``type=int`` / ``type=float`` fails ``test_every_numeric_flag_is_declared``).
 Each flag gets ``VALUES``; the ones in ``ALWAYS_BAD`` must be refused by every flag, the others are refused or
 accepted as the flag's declared ``Range`` (analysis/validate.py) says — computed here from Python's own reading
@@ -25,7 +25,7 @@ import pytest
 
 os.environ["DE3_APP_WARMUP"] = "0"  # no background numba compile in the app tests
 
-from analysis.cli import build_parser, main
+from analysis.commands import build_parser, main
 from analysis.validate import Range
 from tests.test_bad_inputs import _stderr_lines, assert_untouched, base, snapshot  # noqa: F401  (base: a fixture)
 
@@ -160,10 +160,10 @@ URL_INPUTS = [(key, value) for value in VALUES for key in URL_DEFAULTS]  # one U
 def _setting(at, key: str):
     where, field = URL_DEFAULTS[key]
     if where == "policy":
-        value = at.session_state["policy"][field]
+        value = getattr(at.session_state["policy"], field)
         return value["de3"] if field == "tau" else value
     if where == "page":
-        return at.session_state["page"].get(field)
+        return getattr(at.session_state["page"], field)
     return at.session_state["source"].max_samples
 
 

@@ -33,7 +33,7 @@ os.environ["DE3_APP_WARMUP"] = "0"
 
 from analysis import io as aio
 from analysis.checkpoint import load_checkpoint
-from analysis.cli import main
+from analysis.commands import main
 from analysis.errors import CheckpointError, DataError, DE3Error
 from analysis.io import OutputBusy, atomic_dir, check_output, os_error_message, output_lock
 from analysis.trace import TraceError, load_trace
@@ -147,7 +147,8 @@ def test_an_output_never_destroys_an_input(name, made, tmp_path, capsys):
 
 def test_the_output_is_checked_before_any_work(made, tmp_path, capsys, monkeypatch):
     """A --out that cannot be written fails at once: no data is read, no model is loaded, no step is trained."""
-    from analysis import checkpoint, data, membench, study, training
+    from analysis import checkpoint, data, training
+    from analysis.commands import membench, study
 
     def never(*args, **kwargs):
         raise AssertionError("work started before the output was checked")
@@ -466,12 +467,12 @@ def test_an_unreadable_trace_says_permission_denied(made, tmp_path):
 
 
 def test_the_cli_reports_a_stray_os_error_in_one_line(monkeypatch, capsys):
-    from analysis import cli
+    from analysis.commands import checkpoints
 
     def denied(args):
         raise PermissionError(errno.EACCES, "Permission denied", "/some/where")
 
-    monkeypatch.setitem(cli.COMMANDS, "evaluate", denied)
+    monkeypatch.setattr(checkpoints, "cmd_evaluate", denied)
     line = cli_error(["evaluate", "--checkpoint", "x"], capsys)
     assert line == "error: /some/where: permission denied; check that you may read it (its permissions and its folders')"
 

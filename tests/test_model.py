@@ -1,6 +1,5 @@
 """DE3Bert on a tiny random BERT: shapes, the output contract, prototypes, DAR and checkpoints."""
 
-import dataclasses
 import json
 import math
 
@@ -34,11 +33,6 @@ def test_forward_contract(tiny_model):
     assert s.dr.shape == (L, B) and ((s.entropy >= 0) & (s.entropy <= 1)).all()
 
 
-def test_model_holds_no_exit_policy(tiny_model):
-    names = {n.lower() for n, _ in tiny_model.named_modules()} | set(vars(tiny_model)) | {f.name for f in dataclasses.fields(tiny_model.config)}
-    assert not any(word in n for n in names for word in ("threshold", "tau", "lambda", "patience"))
-
-
 def test_padding_does_not_change_mean_pooling(tiny_model):
     inputs = batch(tiny_model)
     short = {k: v[:1, :4] for k, v in inputs.items()}  # sample 0 without its padding
@@ -59,10 +53,10 @@ def test_exit_poolers_start_from_backbone_pooler(tiny_backbone):
 
 def test_ema_prototype_update_hand_computed():
     bank = PrototypeBank(num_layers=1, num_labels=2, proto_dim=2, distance="euclidean")
-    bank.update(torch.tensor([[[1.0, 1.0], [3.0, 3.0]]]), torch.tensor([0, 0]), gamma=0.1)
+    bank.apply_stats(*bank.batch_stats(torch.tensor([[[1.0, 1.0], [3.0, 3.0]]]), torch.tensor([0, 0]), 2), gamma=0.1)
     # first sight of class 0 initialises it to the batch mean; class 1 stays unset
     assert bank.prototypes[0, 0].tolist() == [2.0, 2.0] and bank.initialized.tolist() == [True, False]
-    bank.update(torch.tensor([[[4.0, 4.0], [10.0, 0.0]]]), torch.tensor([0, 1]), gamma=0.1)
+    bank.apply_stats(*bank.batch_stats(torch.tensor([[[4.0, 4.0], [10.0, 0.0]]]), torch.tensor([0, 1]), 2), gamma=0.1)
     # class 0: 0.9 * 2 + 0.1 * 4 = 2.2; class 1 first seen -> its mean
     assert bank.prototypes[0, 0].tolist() == pytest.approx([2.2, 2.2])
     assert bank.prototypes[0, 1].tolist() == pytest.approx([10.0, 0.0])

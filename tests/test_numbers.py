@@ -19,22 +19,14 @@ import numpy as np
 import pytest
 
 from analysis import validate
-from analysis.cli import main
+from analysis.commands import main
 from analysis.config import ModelConfig, TrainConfig
+from analysis.compare import _bootstrap
 from analysis.cost import CostModel
-from analysis.curves import (
-    _bootstrap,
-    confusion_counts,
-    default_grid,
-    evaluate_policy,
-    margins,
-    per_layer_metric,
-    score,
-    score_margins,
-    sweep,
-)
-from analysis.data import compute_metric, load_data
+from analysis.curves import default_grid, evaluate_policy, per_layer_metric, sweep
+from analysis.data import load_data
 from analysis.errors import DE3Error
+from analysis.metrics import compute_metric, confusion_counts, margins, score, score_margins
 from analysis.policies import ExitPolicy, decide_exits
 from analysis.projection import ProjectionConfig, ProjectionError
 from analysis.training import TrainingDiverged, resume_dir, train

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.compare import matched_table
 from analysis.curves import (
     best_metric_at,
     evaluate_policy,
     frontier_auc,
-    matched_table,
     oracle_frontier,
     sweep,
     upper_envelope,
 )
 from analysis.policies import ExitPolicy
-from analysis.trace import load_trace, trace_from_outputs
+from analysis.trace import load_trace
+from analysis.tracer import trace_from_outputs
 from tests.test_policies import LABELS, PRED, random_trace
 
 REPO = Path(__file__).resolve().parents[1]

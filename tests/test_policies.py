@@ -1,12 +1,15 @@
 """Exit policies (spec §5) on a hand-built toy trace with hand-computed exits, and their invariants."""
 
+import math
+
 import numpy as np
 import pytest
 
 from analysis.curves import evaluate_policy, sweep
+from analysis.errors import DE3Error
 from analysis.policies import POLICIES, ExitPolicy, decide_exits
 from analysis.signals import edr
-from analysis.trace import trace_from_outputs
+from analysis.tracer import trace_from_outputs
 
 # ---------------------------------------------------------------------------------------------------------
 # A toy trace: 5 samples x 4 layers, two classes. Every exit below is worked out by hand from these numbers
@@ -158,3 +161,108 @@ def test_oracle_is_an_upper_bound_on_accuracy():
     assert oracle >= last
     # every answer is some layer's prediction, so no setting of any policy can be right more often
     assert oracle >= sweep(trace)["metric"].max() - 1e-12
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: one declaration per policy, and what reads it
+# ---------------------------------------------------------------------------------------------------------
+
+
+def toy_spec():
+    """A policy that is not shipped: exit when min(DR, entropy) < τ — declared once, nothing else written for it."""
+    from analysis.policies import PolicySpec
+
+    return PolicySpec(
+        name="dr_entropy_min", label="min(DR, entropy)", color="#999933",
+        words="min(DR, entropy) < τ: whichever signal is surer decides.",
+        inputs=("dr", "entropy"), params=("tau",),
+        value=lambda s, p: np.minimum(np.asarray(s["dr"]), np.asarray(s["entropy"])), value_name="min(DR, entropy)",
+        test=lambda p: f"min(DR, entropy) < τ={p.tau:g}", tau=0.2)
+
+
+@pytest.fixture
+def toy_policy(monkeypatch):
+    """``toy_spec`` registered for one test (the registry is restored after it)."""
+    from analysis import policies
+
+    spec = toy_spec()
+    monkeypatch.setitem(policies.REGISTRY, spec.name, spec)
+    return spec
+
+
+def test_a_new_policy_needs_only_its_spec(toy_policy):
+    """Registering a spec is all it takes: the exit rule, the sweep (vectorised, equal to evaluate_policy row by
+    row), the default grid with both extremes, and the matched table handle it with no other change."""
+    from analysis.compare import matched_table
+    from analysis.curves import CURVE_COLUMNS, default_grid
+    from analysis.policies import exit_mask, threshold_signal
+
+    policy = ExitPolicy(toy_policy.name, tau=0.25)
+    assert policy.describe() == "min(DR, entropy) (τ=0.25)" and policy.exit_test() == "min(DR, entropy) < τ=0.25"
+    # min(DR, entropy) of TOY: s0 .1 @1; s1 (.3, .3, .1) @3; s2 (.5, .1) @2; s3 (.5, .2) @2; s4 (.8, .7, .2) @3
+    d = decide_exits(TOY, policy)
+    assert d.exit_layer.tolist() == [1, 3, 2, 2, 3] and d.pred.tolist() == [0, 0, 1, 1, 1]
+    assert exit_mask(policy, TOY).tolist() == (np.minimum(DR, ENTROPY) < 0.25).tolist()
+    np.testing.assert_array_equal(threshold_signal(TOY, policy), np.minimum(DR, ENTROPY))
+
+    trace = random_trace(n=150, num_layers=5, seed=7)
+    grid = default_grid(trace, lambdas=(1.0,), n_quantiles=20)
+    mine = [p for p in grid if p.name == toy_policy.name]
+    assert len(mine) > 10 and {p.name for p in grid} == set(POLICIES) | {toy_policy.name}
+    extra = [ExitPolicy(toy_policy.name, tau=t) for t in (0, 0.3, float(np.float32(0.3)), np.float64(0.3))]
+    curves = sweep(trace, mine + extra)
+    assert list(curves.columns) == list(CURVE_COLUMNS)
+    for p, row in zip(mine + extra, curves.to_dict("records")):
+        expected = evaluate_policy(trace, p)
+        assert row["policy"] == p.name and row["label"] == "min(DR, entropy)" and row["tau"] == p.tau
+        assert row["mean_exit_layer"] == expected["mean_exit_layer"], p  # exact: integer sums
+        assert row["metric"] == pytest.approx(expected["metric"], abs=1e-12)
+        assert row["flops_ratio"] == pytest.approx(expected["flops_ratio"], rel=1e-12)
+    speed = curves["speedup"][: len(mine)]
+    assert speed.min() == 1.0 and speed.max() == trace.num_layers  # exit no one .. everyone at layer 1
+    table = matched_table(sweep(trace, grid), (1.5, 2.0), lambda_=1.0).set_index("policy")
+    assert table.loc[toy_policy.name, "label"] == "min(DR, entropy)" and not math.isnan(table.loc[toy_policy.name, "auc"])
+
+
+def test_the_toy_policy_is_not_shipped():
+    from analysis.policies import REGISTRY
+
+    assert "dr_entropy_min" not in REGISTRY and POLICIES == tuple(REGISTRY)
+    with pytest.raises(DE3Error, match="unknown exit policy"):
+        ExitPolicy("dr_entropy_min")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_forms_equal_the_definitions(seed):
+    """The one rule every policy is run by (``exit_signal < signal_tau``) is spec §5's test: PCEE's windowed maximum
+    is "entropy < τ at `patience` layers in a row", max-probability's negation is "max_prob > τ" — NaN included, and
+    for every type of τ (numpy compares a Python float in the signal's dtype, a numpy float64 in float64)."""
+    from analysis.policies import exit_mask, run_lengths
+
+    rng = np.random.default_rng(seed)
+    ent = rng.uniform(0, 1, (300, 6)).astype(np.float32)
+    ent[rng.uniform(size=ent.shape) < 0.05] = np.nan
+    mp = rng.uniform(0, 1, (300, 6)).astype(np.float32)
+    mp[rng.uniform(size=mp.shape) < 0.05] = np.nan
+    signals = {"entropy": ent, "max_prob": mp}
+    taus = [0, 1, 0.3, float(ent[0, 1]), float(np.float32(0.7)), np.float64(ent[2, 2]), float("inf"), float("-inf")]
+    for t in taus:
+        for patience in (1, 2, 3, 6, 8):
+            got = exit_mask(ExitPolicy("pcee", tau=t, patience=patience), signals)
+            assert (got == (run_lengths(ent < t) >= patience)).all(), (t, patience)
+        assert (exit_mask(ExitPolicy("maxprob", tau=t), signals) == (mp > t)).all(), t
+
+
+def test_a_spec_that_contradicts_itself_is_refused():
+    from dataclasses import replace
+
+    spec = toy_spec()
+    for bad in ({"rule": lambda p, s: s["dr"] < 0},  # a value and a rule
+                {"params": ()},  # a threshold without τ
+                {"params": ("tau", "threshold")},  # not an ExitPolicy field
+                {"tau": None},  # no opening τ
+                {"consecutive": True},  # "in a row" without patience
+                {"tau_grid": "linear"},
+                {"needs_labels": True}):  # reads labels, yet claims to run in the engine
+        with pytest.raises(DE3Error):
+            replace(spec, **bad)

@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 from analysis.curves import best_metric_at, evaluate_policy, oracle_frontier, sweep, upper_envelope
 from analysis.policies import ExitPolicy, decide_exits
 from analysis.signals import distance_ratio, edr
-from analysis.trace import trace_from_outputs
+from analysis.tracer import trace_from_outputs
 
 positive = st.floats(min_value=0.0, max_value=1e6, allow_nan=False)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)

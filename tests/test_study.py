@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from analysis.errors import DE3Error
-from analysis.study import StudySettings, analyse, cmd_study
-from analysis.trace import trace_from_outputs
+from analysis.commands.study import StudySettings, analyse, cmd_study
+from analysis.tracer import trace_from_outputs
 
 
 def synthetic(seed: int, split: str, n: int = 300, num_layers: int = 6):
@@ -36,17 +36,17 @@ def test_report_has_every_section(tmp_path):
 
 
 def test_bootstrap_section_reads_the_shared_matched_vs_baseline(tmp_path):
-    """The study's "Is the difference real?" rows are curves.matched_vs_baseline's numbers (DE3 vs each baseline)."""
-    from analysis import curves
+    """The study's "Is the difference real?" rows are compare.matched_vs_baseline's numbers (DE3 vs each baseline)."""
+    from analysis import compare
 
     work = tmp_path / "work"
     for split in ("validation", "test"):
         synthetic(1 + (split == "test"), split).save(work / "de3" / "traces" / split)
     text = analyse(work, ["de3"], StudySettings(n_boot=100), {"de3": 1.0}, tmp_path / "r.md", log=lambda *_: None)
     test = synthetic(2, "test")
-    comp = curves.compare(test, synthetic(1, "validation"), (1.5, 2.0, 3.0))
-    vs = curves.matched_vs_baseline(test, comp.curves, (2.0,), lambda_=comp.lambda_, baseline="maxprob",
-                                    policies=("de3",), n_boot=100, seed=42).iloc[0]
+    comp = compare.compare(test, synthetic(1, "validation"), (1.5, 2.0, 3.0))
+    vs = compare.matched_vs_baseline(test, comp.curves, (2.0,), lambda_=comp.lambda_, baseline="maxprob",
+                                     policies=("de3",), n_boot=100, seed=42).iloc[0]
     row = next(line for line in text.splitlines() if line.startswith("| 2× | max-probability |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2:5] == [f"{100 * vs['diff']:+.2f}", f"[{100 * vs['low']:+.2f}, {100 * vs['high']:+.2f}]",

@@ -11,9 +11,9 @@ from analysis.trace import (
     TRACE_FILE,
     TraceError,
     load_trace,
-    trace_from_outputs,
     validate,
 )
+from analysis.tracer import trace_from_outputs
 
 N, L, K = 5, 3, 2  # 15 rows
 
@@ -159,3 +159,16 @@ def test_load_trace_reads_the_labelled_key(tmp_path):
     liar = unlabelled_trace()
     liar.meta["labelled"] = True  # says labelled, holds -1
     assert "column label has values outside" in one_line_error(save(liar, tmp_path / "liar"))
+
+
+def test_reading_a_trace_imports_no_torch():
+    """The read side (schema, ``Trace``, ``load_trace``) is light: the app's pages and any notebook that only reads
+    traces never pay for torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, analysis.trace; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from analysis.cli import main
+from analysis.commands import main
 from analysis.config import ModelConfig, TrainConfig
 from analysis.data import load_data
 from analysis.model import DE3Bert

@@ -15,7 +15,7 @@ import pytest
 from analysis import training
 from analysis.batching import encode_split
 from analysis.checkpoint import load_checkpoint, load_checkpoint_data
-from analysis.cli import main
+from analysis.commands import main
 from analysis.data import load_data
 from analysis.trace import load_trace
 from analysis.training import resume_dir

@@ -52,14 +52,14 @@ def figures(ctx) -> dict:
         if name == "max_prob":
             values, tau = 1.0 - values, (None if tau is None else 1.0 - tau)
         correct = trace.wide["correct"] if trace.labelled else None
-        return charts.signal_histograms(values, correct, tau=tau, signal_label=derive.SIGNAL_LABELS[name])
+        return charts.signal_histograms(values, correct, tau=tau, signal_label=derive.signal_label(name))
 
     def proto_map():
-        layer, problem = derive.map_layer(state.page_state().get("map_layer"), trace.num_layers)
+        layer, problem = derive.map_layer(state.page_settings().map_layer, trace.num_layers)
         if problem:  # a link's layer outside 1..L: say which layer is shown instead
             st.warning(problem)
             state.set_page(map_layer=layer)
-        config = st.session_state.get("map_config") or derive.projection_config(trace, state.page_state().get("method", "umap"))
+        config = st.session_state.get("map_config") or derive.projection_config(trace, state.page_settings().method or "umap")
         points, protos = cache.get_projection(ref, layer, config)
         color, what = (trace.labels, "true class") if trace.labelled else \
             (trace.wide["pred"][:, layer - 1], f"prediction at layer {layer}")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.curves import evaluate_policy
-from analysis.policies import POLICY_LABELS, decide_exits, exit_mask
+from analysis.policies import REGISTRY, decide_exits
 from app import cache, charts, derive, state
 
 
@@ -27,8 +27,7 @@ def _on_hit() -> None:
 def picker(trace, decision) -> int:
     """Sample by id, by text search, or stepping through; the choice is kept in the page state (and URL)."""
     n = trace.num_samples
-    page = state.page_state()
-    current = int(min(max(int(page.get("sample", 0)), 0), n - 1))
+    current = int(min(max(int(state.page_settings().sample or 0), 0), n - 1))
     state.set_page(sample=current)
     c1, c2, c3 = st.columns([1, 2, 1.4])
     st.session_state["w_insp_id"] = current
@@ -57,23 +56,7 @@ def picker(trace, decision) -> int:
             later = wrong[wrong > current]
             _set_sample(int(later[0] if len(later) else wrong[0]))
             st.rerun()
-    return int(state.page_state()["sample"])
-
-
-def exit_test_column(trace, policy, i: int, e: int) -> list[str]:
-    """Per layer: what the policy's exit test said for sample ``i`` (which exits at ``e``)."""
-    L = trace.num_layers
-    one = {k: np.asarray(trace.wide[k])[i:i + 1] for k in ("pred", "entropy", "dr", "max_prob", "correct")}
-    passes = np.asarray(exit_mask(policy, one))[0]
-    out = []
-    for m in range(1, L + 1):
-        if m == e:
-            out.append("passes → exits" if m < L else "last layer answers")
-        elif m < e:
-            out.append("fails → continues")
-        else:
-            out.append("after the exit" + (" (would pass)" if passes[m - 1] and m < L else ""))
-    return out
+    return int(state.page_settings().sample)
 
 
 def render() -> None:
@@ -107,7 +90,7 @@ def render() -> None:
     m2.metric("answer at exit", names[answer], **verdict(answer))
     m3.metric("final layer says", names[final_pred], **verdict(final_pred))
     m4.metric("tokens", int(trace.n_tokens[i]))
-    st.caption(f"Under {policy.describe()}: exit test **{derive.exit_test_text(policy)}** at layers 1..{L - 1}.")
+    st.caption(f"Under {policy.describe()}: exit test **{policy.exit_test()}** at layers 1..{L - 1}.")
 
     sig = derive.signals(trace, policy.lambda_)
     tested = derive.policy_signal(trace, policy)
@@ -155,7 +138,7 @@ def policy_strip(ctx, i: int) -> None:
     st.caption(f"The current policy at your setting; every other policy at its best setting that is at least as fast "
                f"({result['speedup']:.2f}×) on this data — a comparison at matched speed-up.")
     with st.expander("Settings used"):
-        st.dataframe(exits.assign(policy=[POLICY_LABELS[p] for p in exits["policy"]], pred=[names[p] for p in exits["pred"]]),
+        st.dataframe(exits.assign(policy=[REGISTRY[p].label for p in exits["policy"]], pred=[names[p] for p in exits["pred"]]),
                      hide_index=True, width="stretch")
 
 
@@ -170,7 +153,7 @@ def layer_table(trace, policy, i: int, e: int, sig: dict) -> None:
         "max-prob": trace.wide["max_prob"][i],
         "entropy": sig["entropy"][i], "r1": trace.wide["r1"][i], "r2": trace.wide["r2"][i], "DR": sig["dr"][i],
         f"EDR (λ={policy.lambda_:g})": sig["edr"][i],
-        "exit test": exit_test_column(trace, policy, i, e),
+        "exit test": derive.exit_test_column(trace, policy, i, e),
     })
     st.dataframe(table, hide_index=True, width="stretch", key="insp_table",
                  column_config={c: st.column_config.NumberColumn(format="%.4g")

@@ -47,9 +47,9 @@ def render() -> None:
                         key="mis_confusion")
 
     st.subheader("Ranked samples")
-    page = state.page_state()
+    wanted = state.page_settings().bucket
     first_nonempty = next((b for b in ("premature", "missed", "hopeless", "wasted") if c[b]), "premature")
-    default = page.get("bucket") if page.get("bucket") in taxonomy.BUCKETS else first_nonempty
+    default = wanted if wanted in taxonomy.BUCKETS else first_nonempty
     st.session_state.setdefault("w_mis_bucket", default)
     bucket = st.segmented_control("Bucket", taxonomy.BUCKETS, key="w_mis_bucket",
                                   format_func=lambda b: f"{b} ({c[b]})") or default

@@ -22,7 +22,7 @@ def source_picker(current: sources.TraceSource) -> None:
     with left:
         st.session_state.setdefault("w_device", state.device())
         st.segmented_control("Device", state.DEVICES, key="w_device", help="auto = CUDA when available, else CPU",
-                             on_change=lambda: st.session_state.update(device=st.session_state["w_device"] or "auto"))
+                             on_change=lambda: state.set_device(st.session_state["w_device"]))
         shipped = sources.shipped_checkpoints()
         options = shipped + [OTHER]
         st.session_state.setdefault("ov_ckpt", current.checkpoint if current.checkpoint in shipped else OTHER)

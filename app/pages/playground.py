@@ -7,8 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis.errors import DE3Error
+from analysis.policies import REGISTRY
 from analysis.signals import edr
-from app import cache, charts, derive, state, text
+from app import cache, charts, state, text
 
 EXAMPLES = {
     "business": "Shares in the carmaker rose 5% after quarterly profits beat analysts' forecasts and it raised its dividend.",
@@ -77,8 +78,8 @@ def teaching() -> None:
         dr_ = st.slider("DR", 0.0, 1.0, 0.4, 0.01, key="pg_demo_dr")
         st.metric("EDR", f"{float(edr(dr_, ent, lam)):.4f}")
     with st.expander("Every policy in one line"):
-        for line in text.POLICY_WORDS.values():
-            st.markdown(f"- {line}")
+        for spec in REGISTRY.values():
+            st.markdown(f"- {spec.words}")
 
 
 def render() -> None:
@@ -108,8 +109,9 @@ def render() -> None:
         st.info("Type something to run.")
         teaching()
         return
-    if policy.name == "oracle":
-        st.info("The oracle needs the true label, so it cannot run for real; below, every layer of a full run. "
+    if not policy.spec.in_engine:
+        why = "needs the true label" if policy.spec.needs_labels else "exists only in simulation"
+        st.info(f"The {policy.label} {why}, so it cannot run for real; below, every layer of a full run. "
                 "Pick another policy in the sidebar to see a real early exit.")
     try:
         with st.spinner("Loading the model (once per server)…"):
@@ -131,7 +133,7 @@ def render() -> None:
                          column_config=fmt, key="pg_table")
     full = result["full"]
     signals = {"entropy": full["entropy"], "dr": full["dr"], "edr": edr(full["dr"], full["entropy"], policy.lambda_)}
-    tested = derive.SIGNAL_OF_POLICY.get(policy.name)
+    tested = policy.spec.value_name
     if tested == "max_prob":
         signals["max_prob"] = full["max_prob"]
     chart_slot.plotly_chart(charts.signal_trajectory(signals, tau=policy.tau if tested else None, tested=tested,

@@ -19,10 +19,9 @@ NEEDS_LABELS = ("label", "correct")  # colourings a trace without labels cannot 
 
 def projection_form(trace) -> ProjectionConfig:
     """Projection settings, applied only when the form is submitted; kept per session (method in the URL)."""
-    page = state.page_state()
     saved = st.session_state.get("map_config")
     if saved is None:
-        saved = derive.projection_config(trace, page.get("method", "umap"))
+        saved = derive.projection_config(trace, state.page_settings().method or "umap")
         st.session_state["map_config"] = saved
     metric = saved.metric
     with st.form("map_form", border=True):
@@ -74,15 +73,15 @@ def render() -> None:
                 "projected **together** into 2-D. Select points (box or lasso) to list them; select one sample to "
                 "draw its distances **r₁** (to the predicted class's prototype) and **r₂** (to the nearest rival).")
     config = projection_form(trace)
-    page = state.page_state()
+    page = state.page_settings()
     colours = [c for c in COLOR_BY if trace.labelled or c not in NEEDS_LABELS]
     fallback = colours[0]
-    color_default = page.get("color") if page.get("color") in colours else fallback
+    color_default = page.color if page.color in colours else fallback
     if st.session_state.get("w_map_color") not in (None, *colours):
         st.session_state["w_map_color"] = fallback  # another trace had labels, this one has none
     st.session_state.setdefault("w_map_color", color_default)
     color_by = st.segmented_control("Colour by", colours, format_func=COLOR_BY.get, key="w_map_color") or fallback
-    wanted, problem = derive.map_layer(page.get("map_layer"), L)
+    wanted, problem = derive.map_layer(page.map_layer, L)
     if problem:  # a link's layer outside 1..L: clamped, and said so
         st.warning(problem)
     if st.session_state.get("w_map_layer") not in range(1, L + 1) or problem:

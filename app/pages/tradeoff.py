@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from analysis.curves import evaluate_policy, format_vs_baseline_cell
-from analysis.policies import POLICY_LABELS, decide_exits
+from analysis.compare import format_vs_baseline_cell
+from analysis.curves import evaluate_policy
+from analysis.policies import REGISTRY, decide_exits
 from app import cache, charts, derive, state
 
 SPEEDUPS = (1.5, 2.0, 3.0)
@@ -16,11 +17,11 @@ SPEEDUPS = (1.5, 2.0, 3.0)
 def matched_table_view(table: pd.DataFrame, metric: str, vs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The matched-speed-up table, formatted: one row per policy, metric at each target and AUC.
 
-    With ``vs`` (``curves.matched_vs_baseline``), each target's column is followed by the difference to the
+    With ``vs`` (``compare.matched_vs_baseline``), each target's column is followed by the difference to the
     baseline at that target: "+0.45 [−0.45, +1.35] (+1)" = points ×100, 95 % paired-bootstrap interval, right
     answers gained; "baseline" on the baseline's row, "–" where either cannot reach the target or for the oracle.
     """
-    shown = pd.DataFrame({"policy": [r["label"] + (f" (λ={r['lambda_']:g})" if r["policy"] == "de3" else "")
+    shown = pd.DataFrame({"policy": [r["label"] + (f" (λ={r['lambda_']:g})" if pd.notna(r["lambda_"]) else "")
                                      for r in table.to_dict("records")]})
     cells, baseline = {}, None
     if vs is not None and len(vs):
@@ -44,10 +45,10 @@ def _adopt_clicked_setting() -> None:
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     for point in points:
         custom = point.get("customdata")
-        if not isinstance(custom, list) or len(custom) != 5 or custom[0] not in POLICY_LABELS:
+        if not isinstance(custom, list) or len(custom) != 5 or custom[0] not in REGISTRY:
             continue
         name, tau, lambda_, patience, layer = custom
-        if name in derive.THRESHOLD_POLICIES and tau is None:
+        if REGISTRY[name].threshold and tau is None:
             st.toast("That end point is τ = ∞: everyone leaves at layer 1 (the static exit at layer 1 does the same).")
             return
         kwargs = {k: v for k, v in (("tau", tau), ("lambda_", lambda_)) if v is not None}
@@ -162,7 +163,7 @@ def histograms(ctx) -> None:
     st.plotly_chart(charts.signal_histograms(values, correct, tau=tau, signal_label=signal_names[chosen],
                                              active=active, log_x=log_x), key="to_hist")
     if tau is None:
-        st.caption(f"{POLICY_LABELS[policy.name]} does not compare {signal_names[chosen]} with τ, so no threshold line. "
+        st.caption(f"{policy.label} does not compare {signal_names[chosen]} with τ, so no threshold line. "
                    "Samples left of the dashed line exit at that layer (if they have not exited before).")
     else:
         st.caption("The dashed line is τ: a sample left of it passes the exit test at that layer (and leaves at the "

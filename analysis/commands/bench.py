@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import batching
-from .engine import EarlyExitEngine, safe_threshold, threshold_values
-from .cost import layer_speedup
-from .errors import DE3Error
-from .io import write_json_atomic
-from .policies import POLICIES, ExitPolicy, decide_exits
-from .validate import RUN, flag
+from .. import batching
+from ..engine import EarlyExitEngine, safe_threshold, threshold_values
+from ..cost import layer_speedup
+from ..errors import DE3Error
+from ..io import write_json_atomic
+from ..policies import POLICIES, ExitPolicy, decide_exits
+from ..validate import RUN, flag
 
 TARGETS = {  # key -> (comparison, bound)
     "trace_overhead": ("<=", 1.15),
@@ -86,8 +86,8 @@ def run_bench(
 
 def _run_bench(checkpoint, data_spec, *, data_dir, split, max_samples, out, device, batch_sizes, repeats,
                trace_batch_size, target_speedup, lambda_, sweep_samples, sweep_layers) -> dict:
-    from .backbones import pick_device
-    from .checkpoint import load_checkpoint, load_checkpoint_data
+    from ..backbones import pick_device
+    from ..checkpoint import load_checkpoint, load_checkpoint_data
 
     if repeats < 1:
         raise DE3Error(f"repeats must be >= 1, got {repeats}")
@@ -210,7 +210,7 @@ def _median_ratio(num: list[float], den: list[float]) -> float:
 
 def _trace_overhead(model, batches: list, repeats: int):
     """Tracing pass vs plain backbone forward on the same batches; also returns the in-memory trace."""
-    from .trace import _rows, trace_from_outputs
+    from ..tracer import trace_from_outputs, trace_rows
 
     n = sum(len(idx) for idx, _ in batches)
     L, K = model.num_layers, model.config.num_labels
@@ -223,7 +223,7 @@ def _trace_overhead(model, batches: list, repeats: int):
 
     def trace_pass(idx, inputs):  # what write_trace does per batch, short of writing Parquet/.npy to disk
         out = model(**inputs)
-        _rows(out, zeros[idx], idx)
+        trace_rows(out, zeros[idx], idx)
         out.embeddings.float().cpu().numpy().astype(np.float16)
         logits[:, idx] = out.logits.float().cpu().numpy()
         distances[:, idx] = out.distances.float().cpu().numpy()
@@ -306,7 +306,7 @@ def _early_exit(engine: EarlyExitEngine, model, batches: list, n: int, policy: E
 
 def synthetic_trace(num_samples: int = 10_000, num_layers: int = 12, num_labels: int = 3, seed: int = 0):
     """A trace of random logits and distances whose classifiers grow more confident with depth."""
-    from .trace import trace_from_outputs
+    from ..tracer import trace_from_outputs
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_labels, num_samples)
@@ -325,7 +325,7 @@ def sweep_seconds(num_samples: int = 10_000, num_layers: int = 12, repeats: int 
     """
     trace = synthetic_trace(num_samples, num_layers)
     try:
-        from . import curves
+        from .. import curves
     except ImportError:
         curves = None
     policy = ExitPolicy("de3", tau=0.3, lambda_=1.0)
@@ -398,7 +398,7 @@ def format_summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
+def register(subparsers) -> None:
     """Add the ``bench`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
         "bench", help="measure trace overhead, real early-exit speed-ups and sweep times",
@@ -418,11 +418,10 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--threads", type=flag(RUN["threads"]), help="torch CPU threads (default: torch's); 1 is steadier on a busy machine")
     p.set_defaults(handler=cmd_bench)
-    return p
 
 
 def cmd_bench(args) -> int:
-    from .io import claim_output
+    from ..io import claim_output
 
     data_file = args.data if args.data and os.path.lexists(os.path.expanduser(args.data)) else None
     # checked and locked before the minutes of timing: a writable JSON file, none of the inputs

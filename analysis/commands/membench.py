@@ -37,11 +37,11 @@ def _child(n: int, folder: Path, chunk_size: int, threads: int) -> dict:
     import torch
     from transformers import BertConfig, BertModel
 
-    from .backbones import load_tokenizer
-    from .config import ModelConfig
-    from .data import Split
-    from .model import DE3Bert
-    from .trace import write_trace
+    from ..backbones import load_tokenizer
+    from ..config import ModelConfig
+    from ..data import Split
+    from ..model import DE3Bert
+    from ..tracer import write_trace
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def run_memory_bench(sizes=(10_000, 100_000), chunk_size: int = 2048, threads: i
     rows = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="de3-membench-") as tmp:
-            cmd = [sys.executable, "-m", "analysis.membench", "--child", str(n), "--folder", tmp,
+            cmd = [sys.executable, "-m", "analysis.commands.membench", "--child", str(n), "--folder", tmp,
                    "--chunk-size", str(chunk_size), "--threads", str(threads)]
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -90,14 +90,14 @@ def run_memory_bench(sizes=(10_000, 100_000), chunk_size: int = 2048, threads: i
         f"({report['samples_ratio']:.0f}x the data): {ratio:.3f}  target <= {TARGET_RATIO}  "
         f"{'PASS' if report['pass'] else 'MISS'}")
     if out:
-        from .io import write_json_atomic
+        from ..io import write_json_atomic
 
         write_json_atomic(out, report)
     return report
 
 
-def add_cli(sub) -> None:
-    from .validate import RUN, flag
+def register(sub) -> None:
+    from ..validate import RUN, flag
 
     p = sub.add_parser("bench-memory", help="peak memory of tracing 10k vs 100k samples (flat in N?)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,7 +109,7 @@ def add_cli(sub) -> None:
 
 
 def cmd_memory_bench(args) -> int:
-    from .io import claim_output
+    from ..io import claim_output
 
     with contextlib.ExitStack() as stack:
         if args.out:  # checked and locked before the children run, not after

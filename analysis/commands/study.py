@@ -6,7 +6,7 @@ For each variant (DE3-BERT with the default DAR, w/o DAR (alpha = 0), and the ot
 checkpoint (skipped when the work folder already holds one trained with the same settings), traces the
 validation split (to choose lambda) and the GLUE dev set (the reported test split), and writes a Markdown
 report: matched speed-up table of every policy, per-layer accuracy, the oracle and its frontier, a metric-speed-up
-plot, paired bootstrap confidence intervals for DE3 against each baseline (``curves.matched_vs_baseline``), the ablations, and diagnostics on how much the
+plot, paired bootstrap confidence intervals for DE3 against each baseline (``compare.matched_vs_baseline``), the ablations, and diagnostics on how much the
 distance signal adds to the entropy.
 """
 
@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import curves
-from .errors import DE3Error
-from .io import atomic_file, check_writable, claim_output
-from .policies import POLICY_LABELS
-from .signals import edr
-from .validate import RUN, TRAIN, flag
+from .. import compare, curves
+from ..errors import DE3Error
+from ..io import atomic_file, check_writable, claim_output, read_json_object
+from ..policies import POLICY_LABELS
+from ..signals import edr
+from ..validate import RUN, TRAIN, flag
 
 # name -> (what it is, ModelConfig overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -73,16 +73,16 @@ def _train_argv(settings: StudySettings, data_dir: str, out: Path, overrides: di
 def _is_trained(folder: Path, settings: StudySettings, overrides: dict) -> bool:
     """A checkpoint from an earlier run with the same settings can be reused."""
     try:
-        config = json.loads((folder / "config.json").read_text())["de3"]
-        train_cfg = json.loads((folder / "train_config.json").read_text())
-        data = json.loads((folder / "data.json").read_text())
-    except (OSError, ValueError, KeyError):
+        config, train_cfg, data, metrics = (read_json_object(folder / name) for name in
+                                            ("config.json", "train_config.json", "data.json", "metrics.json"))
+        config = config["de3"]
+    except (DE3Error, KeyError):
         return False
     want = {"alpha": 1.0, "dar_form": "proto_ce", **overrides}
     return (all(config.get(k) == v for k, v in want.items()) and config.get("max_length") == settings.max_length
             and train_cfg.get("epochs") == settings.epochs and train_cfg.get("batch_size") == settings.batch_size
             and train_cfg.get("seed") == settings.seed and data.get("max_train_samples") == settings.max_train_samples
-            and (folder / "metrics.json").is_file() and "test" in json.loads((folder / "metrics.json").read_text()))
+            and "test" in metrics)
 
 
 def train_variants(settings: StudySettings, data_dir: str, work: Path, variants: list[str], retrain: bool, log=print) -> dict:
@@ -110,14 +110,14 @@ def train_variants(settings: StudySettings, data_dir: str, work: Path, variants:
                 log(f"trained {name} in {seconds[name] / 60:.1f} min")
     for name in variants:
         if name not in seconds:
-            seconds[name] = json.loads((work / name / "metrics.json").read_text()).get("train_seconds", math.nan)
+            seconds[name] = read_json_object(work / name / "metrics.json").get("train_seconds", math.nan)
     return seconds
 
 
 def trace_variant(folder: Path, data_dir: str, log=print) -> dict[str, Path]:
     """Trace the validation split and the GLUE dev set (our test split) of one checkpoint."""
-    from .checkpoint import load_checkpoint, load_checkpoint_data
-    from .trace import write_trace
+    from ..checkpoint import load_checkpoint, load_checkpoint_data
+    from ..tracer import write_trace
 
     out = {}
     model = tokenizer = data = None
@@ -208,12 +208,12 @@ def _plot(curve_df: pd.DataFrame, lam: float, per_layer: pd.DataFrame, oracle: d
 
 def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: dict, out: Path, log=print) -> str:
     """Write the Markdown report (and its plot beside it) from the traced variants; returns the Markdown."""
-    from .trace import load_trace
+    from ..trace import load_trace
 
     main = variants[0]
     test = {v: load_trace(work / v / "traces" / "test") for v in variants}
     val = {v: load_trace(work / v / "traces" / "validation") for v in variants}
-    comparisons = {v: curves.compare(test[v], val[v], SPEEDUPS) for v in variants}
+    comparisons = {v: compare.compare(test[v], val[v], SPEEDUPS) for v in variants}
     comp = comparisons[main]
     lam = comp.lambda_
     t = test[main]
@@ -277,8 +277,8 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         lines += ["With two classes the entropy and the max-probability are monotone in each other, so they rank "
                   "samples identically and their curves coincide (the entropy's line lies under the other).", ""]
 
-    # paired bootstrap: DE3 against each baseline at each matched speed-up (one function: curves.matched_vs_baseline)
-    vs = {name: curves.matched_vs_baseline(t, comp.curves, SPEEDUPS, lambda_=lam, baseline=name, policies=("de3",),
+    # paired bootstrap: DE3 against each baseline at each matched speed-up (one function: compare.matched_vs_baseline)
+    vs = {name: compare.matched_vs_baseline(t, comp.curves, SPEEDUPS, lambda_=lam, baseline=name, policies=("de3",),
                                            n_boot=settings.n_boot, seed=settings.seed).set_index("speedup")
           for name in BASELINES}
     boot_rows = []
@@ -393,7 +393,7 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
     return out
 
 
-def add_cli(subparsers) -> None:
+def register(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser("study", help="the SST-2 study: train variants, trace, compare, write docs/results/sst2.md",
                               formatter_class=fmt, description=__doc__.split("\n\n")[0])

@@ -1,22 +1,7 @@
-"""Command line: ``python -m analysis <command> --help``.
+"""``train``, ``evaluate``, ``trace`` and ``compact``: the commands that make a checkpoint and use one.
 
-Commands
---------
-train     train DE3-BERT on a data source (or on separate train / validation / test files); keep the best checkpoint
-evaluate  every exit's metric of a checkpoint on a split (or ``--split all``: every row of the data)
-trace     record every layer's signals for a split (or every row) into a trace folder; a file without a label
-          column is traced as predictions only
-compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
-curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
-compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
-bench     trace overhead, real early-exit wall-clock speed-ups at batch 1 and 32, sweep timings
-bench-memory  peak memory of tracing 10k vs 100k samples
-study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
-
-Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
-Every ``--out`` is checked before any work (writable; not one of the command's inputs, inside one or holding one)
-and locked while it is written (``analysis.io``): a second command writing the same folder, one inside it or one
-around it stops with one line naming the process that writes it.
+Each command's ``--out`` is checked and locked before the work starts (``io.claim_output``); the data flags of
+``train``, ``evaluate`` and ``trace`` are shared (``_add_data_args``) and go to ``data.load_data`` as they are.
 """
 
 from __future__ import annotations
@@ -24,9 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
-from .errors import DE3Error
-from .validate import BATCH, MODEL, RUN, TRAIN, OneLineParser, flag
+from ..errors import DE3Error
+from ..validate import BATCH, MODEL, RUN, TRAIN, flag
+
+MODEL_FLAGS = ("pooling", "alpha", "dar_form", "max_length")  # flags that set a ModelConfig field of the same name
+TRAIN_FLAGS = ("epochs", "batch_size", "lr_backbone", "lr_heads", "max_steps", "seed", "freeze_embeddings",
+               "save_every")  # ... and a TrainConfig field
 
 DATA_HELP = ("data source: 'bbc' (embedded BBC News, 5 classes), 'glue/<task>' (sst2, mrpc, rte, qnli, qqp, mnli, cola), "
              "or a CSV/TSV/Parquet/JSONL file")
@@ -64,11 +54,9 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_training: bool) -> None:
                    help="the CSV/TSV file has no header row (choose columns by index)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import TRACE_SPLITS
-
-    parser = OneLineParser(prog="python -m analysis", description="DE3-BERT: distance-enhanced early exiting for BERT.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+def register(sub) -> None:
+    """Add ``train``, ``evaluate``, ``trace`` and ``compact`` to an argparse subparsers object."""
+    from ..data import TRACE_SPLITS
 
     t = sub.add_parser("train", help="train DE3-BERT and keep the best checkpoint",
                        description="Train DE3-BERT (one stage: mean CE over all exits + alpha * DAR, prototype moving "
@@ -108,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trust-remote-code", action="store_true",
                    help="let a backbone run its own Python code from its repository (auto_map); only for sources you "
                         "trust; not saved: checkpoints always load without remote code")
+    t.set_defaults(handler=cmd_train)
 
     e = sub.add_parser("evaluate", help="every exit's metric of a checkpoint on a split",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -116,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=TRACE_SPLITS, help=SPLIT_HELP)
     e.add_argument("--device", default="auto")
     e.add_argument("--batch-size", type=flag(BATCH), default=64)
+    e.set_defaults(handler=cmd_evaluate)
+
     tr = sub.add_parser("trace", help="record every layer's prediction, entropy, distances and DR for a split",
                         description="One forward pass through all layers; writes a trace folder (trace.parquet, "
                                     "samples.parquet, embeddings.npy, prototypes.npy, meta.json) that the app, the "
@@ -132,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--chunk-size", type=flag(RUN["chunk_size"]), default=2048,
                     help="samples per chunk: memory is bounded by one chunk; under torchrun, chunks are shared out")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(handler=cmd_trace)
+
     c = sub.add_parser("compact", help="write a small copy of a checkpoint (float16, shared base weights left out)",
                        description="Copy a checkpoint as float16 and without the backbone tensors that equal the "
                                    "pretrained backbone (e.g. frozen token embeddings); loads like any checkpoint.",
@@ -142,25 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(trace-*/ folders, the README.md model card, other files) is kept; the weights, config and "
                         "tokenizer are replaced (re-trace kept traces if the weights changed)")
     c.add_argument("--no-half", dest="half", action="store_false", help="keep float32")
-
-    from . import bench, curves, membench, study
-
-    curves.add_cli(sub)  # curves, compare
-    bench.add_cli(sub)  # bench
-    membench.add_cli(sub)  # bench-memory
-    study.add_cli(sub)  # study
-    return parser
-
-
-MODEL_FLAGS = {"pooling": "pooling", "alpha": "alpha", "dar_form": "dar_form", "max_length": "max_length"}
-TRAIN_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "lr_backbone": "lr_backbone", "lr_heads": "lr_heads",
-               "max_steps": "max_steps", "seed": "seed", "freeze_embeddings": "freeze_embeddings",
-               "save_every": "save_every"}
+    c.set_defaults(handler=cmd_compact)
 
 
 def _data_kwargs(args) -> dict:
     """``load_data``'s options from the data flags (None where a command lacks the flag or it is not given)."""
-    from .data import RECORDED_OPTIONS
+    from ..data import RECORDED_OPTIONS
 
     return {k: getattr(args, k, None) for k in RECORDED_OPTIONS}
 
@@ -168,7 +148,7 @@ def _data_kwargs(args) -> dict:
 def _existing(*paths, kind: str = "dir") -> list[str]:
     """The given paths that name a folder (``kind="dir"``) or a file (``"file"``) on disk; a data spec such as
     'bbc' or 'glue/sst2' names neither, and a path of the wrong kind is left to the reader's own message."""
-    from .io import path_kind
+    from ..io import path_kind
 
     return [p for p in paths if p and path_kind(os.path.expanduser(str(p))) == kind]
 
@@ -178,7 +158,7 @@ def _data_inputs(args, checkpoint: str | None = None) -> tuple[list[str], list[s
     for ``io.check_output``: an output may not be or contain either, nor lie inside one of the files."""
     spec = {k: getattr(args, k, None) for k in ("data", "validation_data", "test_data", "data_dir")}
     if checkpoint is not None and not spec["data"]:
-        from .checkpoint import checkpoint_data_info
+        from ..checkpoint import checkpoint_data_info
 
         try:
             info = checkpoint_data_info(checkpoint)
@@ -191,9 +171,9 @@ def _data_inputs(args, checkpoint: str | None = None) -> tuple[list[str], list[s
 
 
 def cmd_train(args) -> int:
-    from .backbones import remote_code
-    from .distributed import env_dist
-    from .io import claim_output
+    from ..backbones import remote_code
+    from ..distributed import env_dist
+    from ..io import claim_output
 
     files, folders = _data_inputs(args)
     # checked before any work, and held from here to the final save (under torchrun, train() takes the lock
@@ -205,15 +185,16 @@ def cmd_train(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .config import ModelConfig, TrainConfig, read_json
-    from .data import load_data
-    from .training import resume_dir, train
+    from ..config import ModelConfig, TrainConfig
+    from ..data import load_data
+    from ..io import read_json_object
+    from ..training import resume_dir, train
 
     if args.resume:
         return _resume_train(args)
     if not args.data:
         raise DE3Error("train needs --data (or --resume to continue an interrupted run)")
-    file_cfg = read_json(args.config) if args.config else {}
+    file_cfg = read_json_object(args.config) if args.config else {}
     unknown = sorted(set(file_cfg) - {"model", "train"})
     if unknown:
         raise DE3Error(f"{args.config}: unknown section(s) {', '.join(unknown)}; use 'model' and 'train'")
@@ -222,8 +203,8 @@ def _cmd_train(args) -> int:
             raise DE3Error(f"{args.config}: section {section!r} must be a JSON object of field: value")
     model_kw = dict(file_cfg.get("model", {}))
     train_kw = dict(file_cfg.get("train", {}))
-    model_kw.update({dst: getattr(args, src) for src, dst in MODEL_FLAGS.items() if getattr(args, src) is not None})
-    train_kw.update({dst: getattr(args, src) for src, dst in TRAIN_FLAGS.items() if getattr(args, src) is not None})
+    model_kw.update({k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None})
+    train_kw.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     train_cfg = TrainConfig.from_dict(train_kw, source=args.config or "command line")
     if (resume_dir(args.out) / "state.json").is_file():  # before loading data: fail fast
         raise DE3Error(f"{resume_dir(args.out)} holds an interrupted run; continue it with --resume --out {args.out}, "
@@ -239,9 +220,9 @@ def _cmd_train(args) -> int:
 
 def _resume_train(args) -> int:
     """Continue from <out>.resume/: its saved settings and data source, not this command line's."""
-    from .config import ModelConfig, TrainConfig
-    from .data import RECORDED_OPTIONS, reload_data
-    from .training import read_resume_state, resume_dir, train
+    from ..config import ModelConfig, TrainConfig
+    from ..data import RECORDED_OPTIONS, reload_data
+    from ..training import read_resume_state, resume_dir, train
 
     data_flags = ("data", *RECORDED_OPTIONS, "config")
     given = [f"--{k.replace('_', '-')}" for k in (*MODEL_FLAGS, *TRAIN_FLAGS, *data_flags)
@@ -263,10 +244,10 @@ def _resume_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from . import batching
-    from .backbones import pick_device
-    from .checkpoint import load_checkpoint, load_checkpoint_data
-    from .training import evaluate
+    from .. import batching
+    from ..backbones import pick_device
+    from ..checkpoint import load_checkpoint, load_checkpoint_data
+    from ..training import evaluate
 
     model, tokenizer = load_checkpoint(args.checkpoint, device=pick_device(args.device))
     data = load_checkpoint_data(args.checkpoint, spec=args.data, **_data_kwargs(args))
@@ -281,11 +262,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from .checkpoint import load_checkpoint, load_checkpoint_data
-    from .data import DEFAULT_LABEL_COLUMNS
-    from .distributed import process_group
-    from .io import claim_output
-    from .trace import write_trace
+    from ..checkpoint import load_checkpoint, load_checkpoint_data
+    from ..data import DEFAULT_LABEL_COLUMNS
+    from ..distributed import process_group
+    from ..io import claim_output
+    from ..tracer import write_trace
 
     files, folders = _data_inputs(args, args.checkpoint)
     # under torchrun: shards of the split, merged in order; the output is checked on every process and locked by
@@ -311,80 +292,16 @@ def cmd_trace(args) -> int:
     return 0
 
 
-COMPACT_RECORDS = ("train_config.json", "data.json", "metrics.json")  # a checkpoint's records, copied as they are
-# What a checkpoint folder holds as a model (compact writes these afresh); anything else in --out is kept.
-CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
-                              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-                              "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", *COMPACT_RECORDS})
-
-
 def cmd_compact(args) -> int:
-    import json
-    import shutil
-    from pathlib import Path
-
-    from .checkpoint import load_checkpoint
-    from .io import atomic_dir, claim_output, os_errors, path_kind, same_path
+    from ..checkpoint import compact_checkpoint
+    from ..io import claim_output, path_kind, same_path
 
     source = Path(args.checkpoint)
     in_place = path_kind(args.out) == "dir" and same_path(args.out, source)
     # --out may be the checkpoint itself, never inside or around it; locked from here to the end
     with claim_output(args.out, around=[] if in_place else [source], command="analysis compact") as out:
-        model, tokenizer = load_checkpoint(source)
-        records = {}
-        for name in COMPACT_RECORDS:
-            path = source / name
-            if path_kind(path) == "file":
-                with os_errors(path):
-                    text = path.read_text(encoding="utf-8")
-                try:
-                    records[name] = json.loads(text)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise DE3Error(f"{path}: not valid JSON ({exc}); fix or remove it") from None
-        kept = []
-        with atomic_dir(out) as tmp:  # replaces --out once complete
-            staged = Path(model.save_pretrained(tmp / "checkpoint", tokenizer, extra_files=records, half=args.half,
-                                                omit_base=True))
-            for item in staged.iterdir():
-                item.rename(tmp / item.name)
-            staged.rmdir()
-            if path_kind(out) == "dir":  # what --out held besides a model: its traces, its model card, notes
-                for item in sorted(out.iterdir()):
-                    if item.name.startswith(".") or item.name in CHECKPOINT_FILES:
-                        continue
-                    with os_errors(item):
-                        if item.is_dir() and not item.is_symlink():
-                            shutil.copytree(item, tmp / item.name, symlinks=True)
-                        else:
-                            shutil.copy2(item, tmp / item.name, follow_symlinks=False)
-                    kept.append(item.name)
+        kept = compact_checkpoint(source, out, half=args.half)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) / 2**20
     also = f"; kept {', '.join(kept)}" if kept else ""
     print(f"compact checkpoint: {args.out} ({size:.1f} MiB in files{also})")
     return 0
-
-
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "trace": cmd_trace, "compact": cmd_compact}
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        args = build_parser().parse_args(argv)  # a bad flag or value: one error line, like any user error
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise next to ours
-        handler = getattr(args, "handler", None) or COMMANDS[args.command]
-        return handler(args)
-    except DE3Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file the command needed but the OS refused (permissions, a full disk, a link loop)
-        from .io import os_error_message
-
-        print(f"error: {os_error_message(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
