@@ -165,6 +165,14 @@ def get_projection(ref: TraceRef, layer: int, config: ProjectionConfig) -> tuple
     return project_layer(trace.embeddings(layer), trace.prototypes(layer), config)  # a layer outside 1..L: TraceError
 
 
+@st.cache_resource(show_spinner=False)
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (asked once per server)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 # ---- warm-up -----------------------------------------------------------------------------------------------
 
 

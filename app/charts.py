@@ -34,7 +34,8 @@ def _layout(fig: go.Figure, *, title: str | None = None, height: int = 380, **kw
     if title:
         legend.update(yref="container", yanchor="top", y=0.90)
     fig.update_layout(title=dict(text=title, y=0.98, yref="container", yanchor="top") if title else None, height=height,
-                      margin=dict(l=10, r=10, t=95 if title else 20, b=10), legend=legend, **kwargs)
+                      margin=dict(l=10, r=10, t=95 if title else 20, b=10), legend=legend,
+                      modebar=dict(orientation="v"), **kwargs)  # the toolbar beside the plot, not over the legend
     return fig
 
 
@@ -126,7 +127,7 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
 
     order = list(REGISTRY)
 
-    def add(rows: pd.DataFrame, name: str, policy: str, *, visible=True, dash=None, width=2.0) -> None:
+    def add(rows: pd.DataFrame, name: str, policy: str, *, visible=True, dash=None, width=2.0, opacity=1.0) -> None:
         spec = REGISTRY[policy]
         point = spec.style == "point"
         rows = rows.sort_values([xcol, "metric"])
@@ -136,7 +137,7 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
             rows = rows.sort_values(xcol)
         fig.add_trace(go.Scatter(
             x=rows[xcol], y=100 * rows["metric"], name=name, mode="markers" if point else "lines+markers",
-            visible=visible, legendrank=100 + order.index(policy) + (0 if visible is True else 50),
+            visible=visible, opacity=opacity, legendrank=100 + order.index(policy) + (0 if opacity == 1.0 else 50),
             # F(s) on (s_prev, s] is the value at s: drop at s_prev, then run flat to s ("vh")
             line=dict(color=spec.color, width=width, dash=dash, shape="vh" if frontier_only else "linear"),
             marker=dict(size=14 if point else 4, symbol="star" if point else "circle", color=spec.color),
@@ -173,7 +174,7 @@ def tradeoff_chart(curves: pd.DataFrame, *, current: dict, current_label: str, l
                 for lam in sorted(every["lambda_"].unique()):
                     if not np.isclose(lam, lambda_):
                         add(every[np.isclose(every["lambda_"], lam)], f"{spec.short} λ={lam:g}", policy,
-                            visible="legendonly", dash="dot", width=1.2)
+                            dash="dot", width=1.2, opacity=0.55)
             continue
         add(rows, name, policy, width=width)
     if oracle_front is not None and oracle_front.attrs.get("bound") and x == "speedup":

@@ -236,3 +236,44 @@ def projection_config(trace, method: str = "umap"):
 
     distance = trace.meta.get("model", {}).get("distance", "euclidean")
     return ProjectionConfig(method=method if method in ("umap", "pca") else "umap", metric=metric_for_distance(distance))
+
+
+def exits_table(trace, decision, policy) -> pd.DataFrame:
+    """One row per sample for the export: where it leaves under ``policy`` and what it answers, with class names
+    and the text; with labels, also the true class, right/wrong and the error bucket (``taxonomy.error_buckets``)."""
+    names = np.asarray(trace.label_names, dtype=object)
+    out = pd.DataFrame({"sample_id": trace.samples["sample_id"].to_numpy(), "exit_layer": decision.exit_layer,
+                        "answer": names[decision.pred]})
+    if trace.labelled:
+        from analysis import taxonomy
+
+        tax = taxonomy.error_buckets(trace, decision, policy)
+        out.insert(1, "true", names[trace.labels])
+        out = pd.concat([out, tax.drop(columns=["sample_id", "exit_layer"]).rename(columns={"pred": "answer_id",
+                                                                                             "label": "true_id"})], axis=1)
+    out["text"] = trace.samples["text"].to_numpy()
+    if "text_pair" in trace.samples:
+        out["text_pair"] = trace.samples["text_pair"].to_numpy()
+    return out
+
+
+def playground_examples(trace, limit: int = 300) -> dict[str, str]:
+    """Example inputs from a trace's own samples: for each class (at most 4), the shortest of its samples that the
+    last layer gets surest (right, when there are labels), and the sample the last layer is least sure about —
+    so every checkpoint, the user's own included, offers inputs from its own task. A text longer than ``limit``
+    characters is offered by its first line (a news article's headline), cut at ``limit``."""
+    texts = np.array([t if len(t) <= limit else t.split("\n", 1)[0][:limit]  # a long document: its first line
+                      for t in trace.samples["text"].astype(str)], dtype=object)
+    final = np.asarray(trace.wide["pred"])[:, -1]
+    entropy = np.asarray(trace.wide["entropy"])[:, -1]
+    ok = np.array([bool(t.strip()) for t in texts])
+    out = {}
+    for k, name in enumerate(trace.label_names[:4]):
+        mine = ok & (final == k) & ((trace.labels == k) if trace.labelled else True)
+        if mine.any():
+            idx = np.flatnonzero(mine)
+            sure = idx[np.argsort(entropy[idx], kind="stable")[: max(1, len(idx) // 10)]]  # the surest tenth
+            out[str(name)] = texts[sure[np.argmin([len(texts[i]) for i in sure])]]
+    unsure = np.flatnonzero(ok)
+    out["ambiguous"] = texts[unsure[int(np.argmax(entropy[unsure]))]]
+    return out

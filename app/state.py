@@ -119,6 +119,11 @@ def device() -> str:
     return st.session_state.get("device", "auto")
 
 
+def available_devices() -> tuple[str, ...]:
+    """``DEVICES`` this machine can use: "cuda" only where torch sees a CUDA device."""
+    return DEVICES if cache.cuda_available() else tuple(d for d in DEVICES if d != "cuda")
+
+
 def set_device(value: str | None) -> None:
     """The device new models load on: one of ``DEVICES`` (None: "auto")."""
     st.session_state["device"] = value or "auto"
@@ -236,6 +241,35 @@ def desired_query_params(num_layers: int | None = None) -> dict[str, str]:
     if src.max_samples:
         out["max_samples"] = str(src.max_samples)
     return out
+
+
+SOURCE_PARAMS = ("ckpt", "data", "data_dir", "split", "max_samples")  # the URL keys read into the TraceSource
+URL_KEYS = ("policy", *URL_POLICY_FIELDS, *PAGE_PARAMS, *SOURCE_PARAMS)
+
+
+def apply_settings(settings) -> list[str]:
+    """Open the view a settings JSON describes (what the Export page's "Settings (JSON)" saves: the URL's keys and
+    values): this session starts over from the defaults and reads them as a link's, on the next run.
+
+    Returns the problems (not an object, unknown keys, values that are not text or numbers); nothing is applied
+    when the settings are not an object.
+    """
+    if not isinstance(settings, dict):
+        return [f"the settings file must hold a JSON object of URL keys, found {type(settings).__name__}"]
+    problems = [f"ignored {shorten(k)} in the settings: not a setting of this app ({', '.join(URL_KEYS)})"
+                for k in settings if k not in URL_KEYS]
+    kept = {}
+    for key, value in settings.items():
+        if key not in URL_KEYS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            problems.append(f"ignored {key} in the settings: {shorten(value)} is not text or a number")
+            continue
+        kept[key] = value if isinstance(value, str) else f"{value:g}"
+    for key in ("policy", "page", "source", "_url_read", "_ctx"):
+        st.session_state.pop(key, None)
+    st.query_params.from_dict(kept)
+    return problems
 
 
 def write_query_params(num_layers: int | None = None) -> None:

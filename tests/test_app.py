@@ -180,9 +180,14 @@ def test_playground_real_early_exit():
     assert at.text_area(key="pg_text").value
     table = at.dataframe[0].value
     assert list(table["layer"]) == [1, 2, 3, 4, 5, 6]
+    assert at.text_area(key="pg_text").value == "very bad ."  # examples come from the checkpoint's own trace
+    assert {b.label for b in at.button if (b.key or "").startswith("pg_ex_")} == {"negative", "positive", "ambiguous"}
     assert any(s.value.startswith("Exited at layer") for s in at.success)
     ok(at.text_area(key="pg_text").input("a warm , funny and beautifully acted film .").run())
     assert "positive" in " ".join(at.dataframe[0].value["prediction"])
+    ok(at.selectbox(key="w_policy").set_value("static").run())
+    ok(at.slider(key="w_layer").set_value(6).run())  # nobody leaves early: said as such, not "6 instead of 6"
+    assert any(s.value.startswith("No early exit") for s in at.success), [s.value for s in at.success]
 
 
 def test_export_downloads_and_share_link():
@@ -193,6 +198,39 @@ def test_export_downloads_and_share_link():
     assert len(charts(at)) == 1
     assert {"ex_trace_csv", "ex_trace_parquet", "ex_samples_csv", "ex_exits", "ex_curves", "ex_html"} <= keys
     assert any("kaleido" in i.value for i in at.info) or "ex_png" in keys
+
+
+def test_saved_settings_open_their_view_again():
+    at = goto(app(policy="pcee", tau="0.03", patience="3", sample="12", ckpt=BBC), "export")
+    saved = json.dumps(dict(at.query_params)).encode()
+    other = goto(app(), "export")  # another session, at the defaults
+    assert other.query_params["policy"] == "de3"
+    ok(other.file_uploader(key="ex_load_settings").upload("de3-view.json", saved, "application/json").run())
+    assert other.query_params["policy"] == "pcee" and other.query_params["patience"] == "3"
+    assert other.query_params["ckpt"] == BBC and other.query_params["sample"] == "12"
+    assert other.selectbox(key="w_policy").value == "pcee"
+    ok(other.file_uploader(key="ex_load_settings").upload("bad.json", b"[1, 2]", "application/json").run())
+    assert any("must hold a JSON object" in w.value for w in other.warning)
+
+
+def test_exits_export_names_classes_and_texts():
+    from analysis.policies import ExitPolicy, decide_exits
+    from analysis.trace import load_trace
+    from app.derive import exits_table
+
+    trace = load_trace(CHECKPOINT / "trace-test")
+    policy = ExitPolicy("de3", tau=0.2)
+    table = exits_table(trace, decide_exits(trace.wide, policy), policy)
+    assert {"true", "answer", "text", "bucket", "exit_layer"} <= set(table.columns)
+    assert set(table["answer"]) <= {"negative", "positive"} and table["text"].iloc[0] == trace.samples["text"].iloc[0]
+
+
+def test_cuda_is_offered_only_where_there_is_one():
+    at = ok(app())
+    import torch
+
+    options = at.segmented_control(key="w_device").options
+    assert ("cuda" in options) == torch.cuda.is_available()
 
 
 def test_the_default_shows_a_real_trade_off_and_wrong_early_exits():

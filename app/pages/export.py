@@ -5,14 +5,12 @@ import io
 import json
 from urllib.parse import urlencode
 
-import pandas as pd
 import streamlit as st
 
 from analysis.curves import evaluate_policy
 from analysis.errors import DE3Error
 from analysis.policies import decide_exits
-from analysis import taxonomy
-from app import cache, charts, derive, state
+from app import cache, charts, derive, sources, state
 
 HAS_KALEIDO = importlib.util.find_spec("kaleido") is not None
 
@@ -79,6 +77,30 @@ def share_link(params: dict) -> str:
     return f"{base}?{urlencode(params)}" if params else base
 
 
+def load_settings() -> None:
+    """A settings JSON saved here opens its view again (policy, τ, λ, page settings, checkpoint and data)."""
+    upload = st.file_uploader("Open saved settings (JSON)", type=["json"], key="ex_load_settings",
+                              help="A file saved with the Settings (JSON) button: its view opens in this tab.")
+    if upload is None:
+        return
+    content = upload.getvalue()
+    digest = hash(content)
+    if st.session_state.get("_settings_applied") == digest:  # the uploader keeps the file across reruns
+        return
+    try:
+        settings = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        st.error(f"{sources.safe_display_name(upload.name)}: not a settings file (not valid JSON: {exc}); save one "
+                 "with the Settings (JSON) button")
+        return
+    problems = state.apply_settings(settings)
+    for problem in problems:
+        st.warning(problem)
+    if isinstance(settings, dict):
+        st.session_state["_settings_applied"] = digest
+        st.rerun()
+
+
 def render() -> None:
     ctx = state.require_trace()
     if ctx is None:
@@ -92,33 +114,29 @@ def render() -> None:
                 "layer and the pages' settings such as the inspected sample):")
     st.code(share_link(params), language=None)
     st.download_button("Settings (JSON)", json.dumps(params, indent=2), file_name="de3-view.json",
-                       mime="application/json", key="ex_settings")
+                       mime="application/json", key="ex_settings", on_click="ignore")
+    load_settings()
 
     st.subheader("Data")
-    decision = decide_exits(trace.wide, policy)
-    if trace.labelled:
-        tax = taxonomy.error_buckets(trace, decision, policy)
-    else:  # no labels, no buckets: where each sample leaves and what it answers
-        tax = pd.DataFrame({"sample_id": trace.samples["sample_id"], "pred": decision.pred,
-                            "exit_layer": decision.exit_layer})
+    tax = derive.exits_table(trace, decide_exits(trace.wide, policy), policy)
     c1, c2, c3, c4 = st.columns(4)
     c1.download_button("Trace (CSV, one row per sample × layer)", lambda: _csv(trace.table), file_name="trace.csv",
-                       mime="text/csv", key="ex_trace_csv")
+                       mime="text/csv", key="ex_trace_csv", on_click="ignore")
     c1.download_button("Trace (Parquet)", lambda: _parquet(trace.table), file_name="trace.parquet",
-                       mime="application/octet-stream", key="ex_trace_parquet")
+                       mime="application/octet-stream", key="ex_trace_parquet", on_click="ignore")
     c2.download_button("Samples (CSV: texts, labels)", lambda: _csv(trace.samples), file_name="samples.csv",
-                       mime="text/csv", key="ex_samples_csv")
+                       mime="text/csv", key="ex_samples_csv", on_click="ignore")
     c2.download_button("Samples (Parquet)", lambda: _parquet(trace.samples), file_name="samples.parquet",
-                       mime="application/octet-stream", key="ex_samples_parquet")
+                       mime="application/octet-stream", key="ex_samples_parquet", on_click="ignore")
     c3.download_button("Exits under the current policy (CSV)", lambda: _csv(tax), file_name="exits.csv",
-                       mime="text/csv", key="ex_exits", help=policy.describe())
+                       mime="text/csv", key="ex_exits", help=policy.describe(), on_click="ignore")
     c3.download_button("All policies' curves (CSV)", lambda: _csv(cache.get_sweep(ctx.ref, policy.lambda_, policy.patience)),
-                       file_name="curves.csv", mime="text/csv", key="ex_curves")
+                       file_name="curves.csv", mime="text/csv", key="ex_curves", on_click="ignore")
     if trace.labelled:
         c4.download_button("Matched speed-up table (CSV)", lambda: _csv(cache.get_matched(ctx.ref, policy.lambda_)),
-                           file_name="matched.csv", mime="text/csv", key="ex_matched")
+                           file_name="matched.csv", mime="text/csv", key="ex_matched", on_click="ignore")
     c4.download_button("Trace meta (JSON)", json.dumps(trace.meta, indent=2, default=str), file_name="meta.json",
-                       mime="application/json", key="ex_meta")
+                       mime="application/json", key="ex_meta", on_click="ignore")
     st.caption(f"{trace.num_samples} samples × {trace.num_layers} layers; columns: {', '.join(trace.table.columns[:10])}, "
                "prob_k and dist_k per class. Everything here can be recomputed with `analysis` from the trace folder "
                f"`{ctx.ref.folder}`.")
@@ -137,10 +155,10 @@ def render() -> None:
     slug = name.split(" (")[0].lower().replace(" ", "-").replace("'", "")
     f1, f2 = st.columns(2)
     f1.download_button("Download HTML", lambda: fig.to_html(include_plotlyjs=True if standalone else "cdn"),
-                       file_name=f"{slug}.html", mime="text/html", key="ex_html")
+                       file_name=f"{slug}.html", mime="text/html", key="ex_html", on_click="ignore")
     if HAS_KALEIDO:
         f2.download_button("Download PNG", lambda: fig.to_image(format="png", scale=2), file_name=f"{slug}.png",
-                           mime="image/png", key="ex_png")
+                           mime="image/png", key="ex_png", on_click="ignore")
     else:
         f2.info("PNG export needs the `kaleido` package (`pip install kaleido`), which is not installed here. "
                 "The HTML file has a camera button that saves a PNG from the browser.")

@@ -79,13 +79,15 @@ def render() -> None:
             st.markdown("**second text**")
             st.text(row["text_pair"])
     final_pred = int(trace.wide["pred"][i, -1])
-    m1, m2, m3, m4 = st.columns(4)
+    m1, m2, m3, m4 = st.columns([1, 1.5, 1.5, 0.7])  # class names need the room (e.g. "entertainment")
     m1.metric("exits at layer", f"{e} of {L}")
 
     def verdict(pred: int) -> dict:  # the metric's right/wrong badge; none without a label
         if label is None:
             return {}
-        return {"delta": "right", "delta_color": "normal"} if pred == label else {"delta": "wrong", "delta_color": "inverse"}
+        right = pred == label  # a badge, not a change: no arrow
+        return {"delta": "✓ right" if right else "✗ wrong", "delta_color": "normal" if right else "inverse",
+                "delta_arrow": "off"}
 
     m2.metric("answer at exit", names[answer], **verdict(answer))
     m3.metric("final layer says", names[final_pred], **verdict(final_pred))

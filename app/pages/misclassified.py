@@ -66,6 +66,7 @@ def render() -> None:
     view = ranked.assign(
         true=[names[y] for y in ranked["label"]], answer=[names[p] for p in ranked["pred"]],
         text=[texts[s][:200] for s in ranked["sample_id"]],
+        first_correct=["never" if np.isnan(v) else str(int(v)) for v in ranked["first_correct"]],
     )[["sample_id", "true", "answer", "exit_layer", "first_correct", "wasted_layers", "confidence_at_exit",
        *(["signal_at_exit"] if "signal_at_exit" in ranked else []), "text"]]
     event = st.dataframe(view, hide_index=True, width="stretch", height=min(360, 35 * (len(view) + 1) + 3),
@@ -75,7 +76,7 @@ def render() -> None:
                                         "wasted_layers": st.column_config.NumberColumn("wasted layers"),
                                         "confidence_at_exit": st.column_config.NumberColumn("max-prob at exit", format="%.3f"),
                                         "signal_at_exit": st.column_config.NumberColumn("τ-signal at exit", format="%.3g"),
-                                        "first_correct": st.column_config.NumberColumn("first right layer", format="%d"),
+                                        "first_correct": st.column_config.TextColumn("first right layer"),
                                         "text": st.column_config.TextColumn(width="large")})
     rows = (event.selection.rows if event is not None and hasattr(event, "selection") else []) or []
     ids = ranked["sample_id"].astype(int).tolist()

@@ -20,8 +20,12 @@ def source_picker(current: sources.TraceSource) -> None:
     """Device, checkpoint, data and split; the trace is computed (or found) when "Load" is pressed."""
     left, right = st.columns(2)
     with left:
-        st.session_state.setdefault("w_device", state.device())
-        st.segmented_control("Device", state.DEVICES, key="w_device", help="auto = CUDA when available, else CPU",
+        devices = state.available_devices()
+        if st.session_state.get("w_device") not in devices:
+            st.session_state["w_device"] = state.device() if state.device() in devices else "auto"
+        st.segmented_control("Device", devices, key="w_device",
+                             help="auto = CUDA when available, else CPU" + ("" if "cuda" in devices else
+                                                                             " (this machine has no CUDA device)"),
                              on_change=lambda: state.set_device(st.session_state["w_device"]))
         shipped = sources.shipped_checkpoints()
         options = shipped + [OTHER]
@@ -149,10 +153,10 @@ def file_picker() -> dict | None:
 
 
 def cost_definitions() -> None:
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)
     c1.latex(text.SPEEDUP)
     c2.latex(text.SAVED)
-    c3.latex(text.FLOPS)
+    st.latex(text.FLOPS)  # the widest: a row of its own, never clipped
     st.markdown(text.COST_WORDS)
 
 

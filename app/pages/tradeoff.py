@@ -95,7 +95,7 @@ def curves_and_matched_table(ctx, result: dict) -> None:
                              format_func={"speedup": "speed-up (layers)", "flops": "speed-up (FLOPs)"}.get) or "speedup"
     frontier_only = o2.toggle("frontier only", key="to_frontier",
                               help="Each policy's upper envelope: the best metric among its settings at a speed-up ≥ s.")
-    other_lambdas = o3.toggle("DE3 at other λ", key="to_lambdas", help="Adds DE3 curves at other λ (click the legend).")
+    other_lambdas = o3.toggle("DE3 at other λ", key="to_lambdas", help="Adds DE3-BERT's curves at the other λ of the sweep, dotted (click a legend entry to hide one).")
     labelled = trace.labelled
     oracle_front = cache.get_oracle_frontier(ref)
     fig = charts.tradeoff_chart(curves, current=result, current_label=policy.describe(), lambda_=policy.lambda_,
@@ -123,7 +123,9 @@ def curves_and_matched_table(ctx, result: dict) -> None:
                    "both at their best setting with speed-up ≥ s." if labelled else ""))
     table = cache.get_matched(ref, policy.lambda_, SPEEDUPS)
     vs = cache.get_vs_baseline(ref, policy.lambda_, SPEEDUPS) if labelled else None
-    st.dataframe(matched_table_view(table, metric, vs), hide_index=True, width="stretch", key="to_matched")
+    st.dataframe(matched_table_view(table, metric, vs), hide_index=True, width="stretch", key="to_matched",
+                 column_config={"policy": st.column_config.TextColumn(pinned=True),
+                                "note": st.column_config.TextColumn(width="large")})
     if vs is not None and len(vs):
         n, n_boot = int(vs["n"].iloc[0]), int(vs["n_boot"].iloc[0])
         st.caption(f"**n = {n:,} samples.** Δ = the policy's {derive.metric_name(metric)} minus DeeBERT's (×100) "
@@ -163,8 +165,9 @@ def histograms(ctx) -> None:
     st.plotly_chart(charts.signal_histograms(values, correct, tau=tau, signal_label=signal_names[chosen],
                                              active=active, log_x=log_x), key="to_hist")
     if tau is None:
-        st.caption(f"{policy.label} does not compare {signal_names[chosen]} with τ, so no threshold line. "
-                   "Samples left of the dashed line exit at that layer (if they have not exited before).")
+        st.caption(f"{policy.label} does not compare {signal_names[chosen]} with τ, so there is no threshold line: "
+                   "the histograms show how the signal is spread at each layer, "
+                   + ("right answers in green, wrong in orange." if trace.labelled else "every sample in grey."))
     else:
         st.caption("The dashed line is τ: a sample left of it passes the exit test at that layer (and leaves at the "
                    "first such layer)." + (" Orange bars left of the line are the wrong answers that threshold "
