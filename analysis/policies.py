@@ -34,7 +34,13 @@ value is below τ (``above=True``: above τ; ``consecutive=True``: at ``patience
 declaration come the exit rule, the sweep's fast exact form ``exit_signal`` ("exit ⇔ signal < τ′"), its data-driven
 τ grid and the app's τ slider; its other parameters (λ, patience) each pick one curve, and ``settings`` says which
 values the sweep visits. Any other policy gives ``rule(policy, signals) -> (N, M) bool`` (causal) and ``settings``.
-``params`` names the ``ExitPolicy`` fields it reads (their ranges are ``validate.POLICY``). The test
+``params`` names the ``ExitPolicy`` fields it reads (their ranges are ``validate.POLICY``); ``earliest`` (optional) is
+the first layer whose test can pass, before which the real engine runs no test.
+
+The same functions run in the simulation (NumPy arrays) and in the real engine on the model's device (torch
+tensors): the shipped ones use only operators, slicing and ``xp_of(x)``'s functions (``xp.maximum``,
+``xp.zeros_like``), which NumPy and torch share. A policy written with NumPy calls alone (``np.minimum`` above) works
+the same; on a GPU the engine then evaluates its test on the host. The test
 ``test_a_new_policy_needs_only_its_spec`` (tests/test_policies.py) does exactly this, and tests/test_app.py shows the
 app taking it. ``POLICIES``, ``POLICY_LABELS``, ``POLICY_INPUTS`` and ``THRESHOLD_SIGNAL`` are plain views of the
 shipped registry, for callers that want tables; code that should follow a newly registered policy reads ``REGISTRY``.
@@ -42,6 +48,7 @@ shipped registry, for callers that want tables; code that should follow a newly 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -51,9 +58,26 @@ from .errors import DE3Error, shorten
 from .signals import edr
 from .validate import POLICY, check_fields
 
-Signals = Mapping[str, np.ndarray]  # trace columns in wide form, (N, M) each, e.g. ``Trace.wide``
+Signals = Mapping[str, np.ndarray]  # trace columns in wide form, (N, M) each, e.g. ``Trace.wide`` (or torch tensors)
 SYMBOLS = {"tau": "τ", "lambda_": "λ"}  # how a parameter is printed; the others by their field name
 TAU_GRIDS = ("log", "1-log")  # slider steps: log-spaced near 0 (signals that are small when sure), or 1 − that
+
+
+def xp_of(x):
+    """The array namespace of ``x``: torch for a torch tensor, else NumPy. Their shared functions (``maximum``,
+    ``zeros_like``, ``where``, dtypes ``bool`` and ``int32``, ``inf``) let one exit test run on a trace's arrays and on
+    the engine's tensors, on whatever device they are. Importing this module never imports torch: a tensor means
+    torch is loaded already."""
+    return sys.modules["torch"] if type(x).__module__.split(".")[0] == "torch" else np
+
+
+def as_array(x):
+    """``x`` as an array: a NumPy array or torch tensor as it is, anything else (a list, a pandas column) via NumPy."""
+    return x if type(x).__module__.split(".")[0] == "torch" else np.asarray(x)
+
+
+def _copy(x):
+    return x.clone() if xp_of(x) is not np else x.copy()
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,8 @@ class PolicySpec:
     Any other policy:
     rule : (policy, signals) -> (N, M) bool, causal: column m reads columns <= m only.
     stuck : (policy, L) -> why no sample leaves before layer L, and what to change (threshold policies derive it).
+    earliest : policy -> the first layer (1-based) whose test can pass for some sample; the real engine tests (and
+        waits for the device) only from there. Default: ``patience`` for a ``consecutive`` test, else 1.
 
     settings : GridArgs -> the values of its parameters other than τ that a sweep visits (default: one setting of
         the defaults); a threshold policy sweeps τ over data quantiles at each.
@@ -113,6 +139,7 @@ class PolicySpec:
     tau_grid: str = "log"
     rule: Callable[[ExitPolicy, Signals], np.ndarray] | None = None
     stuck: Callable[[ExitPolicy, int], str] | None = None
+    earliest: Callable[[ExitPolicy], int] | None = None
     settings: Callable[[GridArgs], Iterable[dict]] | None = None
     needs_labels: bool = False
     in_engine: bool = True
@@ -154,16 +181,22 @@ class PolicySpec:
         """The parameters that pick one of a threshold policy's curves (each curve sweeps τ): λ, patience."""
         return tuple(k for k in self.params if k != "tau") if self.threshold else ()
 
+    def first_layer(self, policy: ExitPolicy) -> int:
+        """The first layer (1-based) whose exit test can pass for some sample (``earliest``)."""
+        if self.earliest is not None:
+            return max(1, int(self.earliest(policy)))
+        return policy.patience if self.consecutive else 1
+
     def exit_signal(self, signals: Signals, policy: ExitPolicy) -> np.ndarray:
         """The (N, M) signal whose test is ``signal < signal_tau(τ)`` — the form the sweep needs: the value,
         negated when the policy exits above τ (exact), and with ``consecutive`` the largest over the last
-        ``patience`` layers (+inf before there are that many: never)."""
+        ``patience`` layers (+inf before there are that many: never). Arrays or tensors, as ``value`` returns."""
         signal = self.value(signals, policy)
         signal = -signal if self.above else signal
         if self.consecutive:  # value < τ at `patience` layers in a row  <=>  their largest value < τ
-            window = signal.copy()
+            window = _copy(signal)
             for shift in range(1, policy.patience):
-                window[:, shift:] = np.maximum(window[:, shift:], signal[:, :-shift])
+                window[:, shift:] = xp_of(signal).maximum(window[:, shift:], signal[:, :-shift])
             window[:, : policy.patience - 1] = np.inf
             signal = window
         return signal
@@ -235,11 +268,13 @@ class ExitPolicy:
 
 
 def run_lengths(cond: np.ndarray) -> np.ndarray:
-    """Length of the run of True ending at each column: (N, M) bool -> (N, M) int."""
-    out = np.zeros(cond.shape, dtype=np.int32)
-    run = np.zeros(cond.shape[0], dtype=np.int32)
+    """Length of the run of True ending at each column: (N, M) bool -> (N, M) int32 (arrays or tensors)."""
+    cond = as_array(cond)
+    xp = xp_of(cond)
+    out = xp.zeros_like(cond, dtype=xp.int32)
+    run = out[:, 0] if cond.shape[1] else None
     for m in range(cond.shape[1]):
-        run = np.where(cond[:, m], run + 1, 0)
+        run = (run + 1) * cond[:, m]  # +1 where True, back to 0 where False
         out[:, m] = run
     return out
 
@@ -269,9 +304,9 @@ def input_columns() -> tuple[str, ...]:
     return tuple(dict.fromkeys(["pred", *(c for spec in REGISTRY.values() for c in spec.inputs)]))
 
 
-def _shape(signals: Signals) -> tuple[int, int]:
+def _first(signals: Signals):
     for value in signals.values():
-        return np.asarray(value).shape
+        return as_array(value)
     raise DE3Error("static exits need at least one signal array to know N and M")
 
 
@@ -281,15 +316,19 @@ def _shape(signals: Signals) -> tuple[int, int]:
 
 
 def _pabee(policy: ExitPolicy, signals: Signals) -> np.ndarray:
-    pred = np.asarray(signals["pred"])
-    unchanged = np.zeros(pred.shape, dtype=bool)
+    pred = as_array(signals["pred"])
+    xp = xp_of(pred)
+    unchanged = xp.zeros_like(pred, dtype=xp.bool)
     unchanged[:, 1:] = pred[:, 1:] == pred[:, :-1]
     return run_lengths(unchanged) >= policy.patience  # `patience` consecutive unchanged predictions
 
 
 def _static(policy: ExitPolicy, signals: Signals) -> np.ndarray:
-    n, m = _shape(signals)  # compare the 1-based layer index of each column with the chosen layer
-    return np.broadcast_to(np.arange(1, m + 1) >= policy.layer, (n, m))
+    first = _first(signals)  # (N, M): columns from the chosen layer on pass
+    xp = xp_of(first)
+    mask = xp.zeros_like(first, dtype=xp.bool)
+    mask[:, policy.layer - 1 :] = True
+    return mask
 
 
 def _oracle(policy: ExitPolicy, signals: Signals) -> np.ndarray:
@@ -301,7 +340,7 @@ def _oracle(policy: ExitPolicy, signals: Signals) -> np.ndarray:
 
 
 def _column(name: str) -> Callable[[Signals, ExitPolicy], np.ndarray]:
-    return lambda signals, policy: np.asarray(signals[name])
+    return lambda signals, policy: as_array(signals[name])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -315,7 +354,7 @@ register(PolicySpec(
     name=DE3, label="DE3-BERT (EDR)", short="DE3", color="#0072B2", featured=True,
     words="DE3-BERT: EDR(λ) < τ — local entropy fused with the global distance ratio.",
     inputs=("entropy", "dr"), params=("tau", "lambda_"),
-    value=lambda s, p: edr(np.asarray(s["dr"]), np.asarray(s["entropy"]), p.lambda_), value_name="edr",
+    value=lambda s, p: edr(as_array(s["dr"]), as_array(s["entropy"]), p.lambda_), value_name="edr",
     test=lambda p: f"EDR(λ={p.lambda_:g}) < τ={p.tau:g}", tau=0.2,
     settings=lambda g: [{"lambda_": float(lam)} for lam in g.lambdas]))
 register(PolicySpec(
@@ -339,6 +378,7 @@ register(PolicySpec(
     inputs=("pred",), params=("patience",), rule=_pabee,
     test=lambda p: f"prediction unchanged {p.patience} time(s) in a row",
     stuck=lambda p, L: f"patience {p.patience} needs {p.patience + 1} layers < {L}; lower the patience",
+    earliest=lambda p: p.patience + 1,  # layer 1 has no previous prediction to compare with
     settings=lambda g: [{"patience": t} for t in range(1, g.num_layers)]))
 register(PolicySpec(
     name="pcee", label="PCEE-BERT", color="#D55E00",
@@ -350,7 +390,7 @@ register(PolicySpec(
     name="static", label="static exit", color="#7F7F7F", style="layers",
     words="static: every sample leaves at the same layer.",
     inputs=(), params=("layer",), rule=_static, test=lambda p: f"layer = {p.layer}",
-    stuck=lambda p, L: f"the static exit layer is {p.layer}; pick a layer below {L}",
+    stuck=lambda p, L: f"the static exit layer is {p.layer}; pick a layer below {L}", earliest=lambda p: p.layer,
     settings=lambda g: [{"layer": k} for k in range(1, g.num_layers + 1)]))
 register(PolicySpec(
     name=ORACLE, label="oracle", color="#8C6D31", style="point", needs_labels=True, in_engine=False,

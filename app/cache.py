@@ -222,14 +222,14 @@ def run_text(checkpoint: str, device: str, text: str, text_pair: str | None, pol
     engine = get_engine(checkpoint, device)
     pairs = [text_pair] if text_pair is not None else None
     every_layer = ExitPolicy("static", layer=engine.num_layers)
-    full = engine.run([text], pairs, policy=every_layer)  # also warms up, so the timings below are fair
+    full = engine.run([text], pairs, policy=every_layer, record=True)  # also warms up, so the timings below are fair
     early, early_ms = None, None
     if policy.spec.in_engine:
         start = time.perf_counter()
-        early = engine.run([text], pairs, policy=policy)
+        early = engine.run([text], pairs, policy=policy, record=True)
         early_ms = 1000 * (time.perf_counter() - start)
     start = time.perf_counter()
-    engine.run([text], pairs, policy=every_layer)
+    engine.run([text], pairs, policy=every_layer, record=True)
     full_ms = 1000 * (time.perf_counter() - start)
     return {
         "num_layers": engine.num_layers,

@@ -83,13 +83,16 @@ def policies_for(trace):
 POLICY_NAMES = ["de3", "dr", "entropy", "maxprob", "pcee", "pabee", "static"]
 
 
+@pytest.mark.parametrize("host_math", [None, False], ids=["host", "device"])
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 @pytest.mark.parametrize("name", POLICY_NAMES)
-def test_engine_equals_simulation(setup, name, batch_size):
+def test_engine_equals_simulation(setup, name, batch_size, host_math):
+    """Both paths: signals and test in NumPy (the CPU default) and in torch on the device (what a GPU runs)."""
     model, tokenizer, texts, trace = setup
     policy = next(p for p in policies_for(trace) if p.name == name)
     expected = decide_exits(trace.wide, policy)
-    result = EarlyExitEngine(model, tokenizer).run(texts, policy=policy, batch_size=batch_size)
+    engine = EarlyExitEngine(model, tokenizer, host_math=host_math)
+    result = engine.run(texts, policy=policy, batch_size=batch_size, record=True)
     np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
     np.testing.assert_array_equal(result.pred, expected.pred)
     assert result.layers_computed == int(expected.exit_layer.sum())
@@ -102,6 +105,11 @@ def test_engine_equals_simulation(setup, name, batch_size):
         np.testing.assert_allclose(result.signals[col][went], trace.wide[col][went], atol=1e-4)
         assert np.isnan(result.signals[col][~went]).all()
     np.testing.assert_array_equal(result.signals["pred"][went], trace.wide["pred"][went])
+    # unrecorded, the same exits and answers
+    plain = engine.run(texts, policy=policy, batch_size=batch_size)
+    assert plain.signals is None
+    np.testing.assert_array_equal(plain.exit_layer, expected.exit_layer)
+    np.testing.assert_array_equal(plain.pred, expected.pred)
 
 
 def test_engine_equals_written_trace(setup, tmp_path):
@@ -219,7 +227,8 @@ def test_engine_packs_the_signals_it_records_by_name(setup):
 
     model, tokenizer, texts, _ = setup
     enc = tokenizer(texts[:1], return_tensors="pt")
-    result = EarlyExitEngine(model, tokenizer).run(texts[:1], policy=ExitPolicy("static", layer=model.num_layers))
+    result = EarlyExitEngine(model, tokenizer).run(texts[:1], policy=ExitPolicy("static", layer=model.num_layers),
+                                                   record=True)
     with torch.no_grad():
         out = model(enc["input_ids"], enc["attention_mask"])
     s = exit_signals(out.logits, out.distances)
@@ -273,3 +282,167 @@ def test_safe_threshold_hand_computed():
     for target in rng.random(20):
         tau = safe_threshold(v, target)
         assert ((v < tau) == (v < target)).all()
+
+
+# ---- the per-layer work: only what the policy reads, its test where it can pass, one transfer per layer ----------
+
+
+def test_signals_on_the_host_equal_the_trace_formulas():
+    """The CPU path's NumPy signals are ``signals.exit_signals`` (the trace's torch formulas) to float rounding, and the
+    device path's are the same torch operations; every distance, 2 to 5 classes, ties and large logits."""
+    from analysis.engine import SIGNALS, device_signals, host_signals
+    from analysis.signals import exit_signals, pairwise_distance
+
+    rng = np.random.default_rng(0)
+    for distance in ("euclidean", "sqeuclidean", "cosine"):
+        for k in (2, 3, 5):
+            logits = rng.normal(0, 3, size=(7, k)).astype(np.float32)
+            logits[0] = 0.0  # a tie: the first class, as torch's max
+            logits[1, 0] = 80.0  # near-certain: entropy ~0
+            emb = rng.normal(size=(7, 16)).astype(np.float32)
+            protos = rng.normal(size=(k, 16)).astype(np.float32)
+            protos[1] = emb[2]  # an embedding on a prototype: a zero distance
+            dist = pairwise_distance(torch.from_numpy(emb), torch.from_numpy(protos), distance)
+            ref = exit_signals(torch.from_numpy(logits)[None], dist[None])
+            host = host_signals(logits, emb, protos, distance, SIGNALS)
+            dev = device_signals(torch.from_numpy(logits), torch.from_numpy(emb), torch.from_numpy(protos), distance,
+                                 SIGNALS)
+            for name in SIGNALS:
+                want = getattr(ref, name)[0].numpy()
+                np.testing.assert_allclose(host[name], want, rtol=1e-5, atol=1e-6, err_msg=f"{distance} K={k} {name}")
+                np.testing.assert_array_equal(dev[name].numpy(), want, err_msg=f"{distance} K={k} {name}")
+            # only what is asked for: no distances for a policy that reads none
+            assert set(host_signals(logits, None, protos, distance, ("pred", "entropy"))) == {"pred", "entropy"}
+
+
+def test_a_plain_head_is_applied_as_its_operations(setup):
+    """The engine's head is ``ExitHead.forward`` to the bit (mean and [CLS] pooling, padded rows), and a head it cannot
+    replay (a hook on it) is called as a module."""
+    from analysis.engine import _Pooling, _plain_head
+    from analysis.model import ExitHead
+
+    model, tokenizer, texts, _ = setup
+    enc = tokenizer(texts[:5], padding=True, return_tensors="pt")
+    torch.manual_seed(1)
+    hidden = torch.randn(5, enc["input_ids"].shape[1], 32)
+    cls_head = ExitHead(32, 3, 32, "cls", 0.1).eval()
+    with torch.inference_mode():
+        for head in (model.heads[0], model.heads[-1], cls_head):
+            fast = _plain_head(head)
+            logits, emb = fast(hidden, _Pooling(enc["attention_mask"], hidden.dtype), True)
+            want_logits, want_emb = head(hidden, enc["attention_mask"])
+            assert torch.equal(logits, want_logits) and torch.equal(emb, want_emb)
+            assert fast(hidden, _Pooling(enc["attention_mask"], hidden.dtype), False)[1] is None
+            ones = torch.ones_like(enc["attention_mask"])  # no padding: the mask is not multiplied in, same bits
+            assert torch.equal(fast(hidden, _Pooling(ones, hidden.dtype, dense=True), True)[1], head(hidden, ones)[1])
+    handle = cls_head.register_forward_hook(lambda *a: None)
+    try:
+        assert _plain_head(cls_head) is None
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name, patience, layer", [("de3", 2, 1), ("dr", 2, 1), ("entropy", 2, 1), ("maxprob", 2, 1),
+                                                   ("pcee", 1, 1), ("pcee", 3, 1), ("pabee", 1, 1), ("pabee", 2, 1),
+                                                   ("static", 2, 1), ("static", 2, 3)])
+def test_no_test_passes_before_the_first_layer_it_can(name, patience, layer):
+    """``PolicySpec.first_layer``: the engine skips tests (and their wait for the device) before it, so no rule may
+    pass there — checked on random signals, on NumPy arrays and torch tensors alike."""
+    from analysis.policies import exit_mask
+
+    rng = np.random.default_rng(0)
+    n, L = 200, 6
+    signals = {"pred": rng.integers(0, 2, (n, L)), "entropy": rng.random((n, L)), "dr": rng.random((n, L)),
+               "max_prob": rng.random((n, L)), "r1": rng.random((n, L)), "r2": rng.random((n, L))}
+    policy = ExitPolicy(name, tau=0.5, patience=patience, layer=layer)
+    first = policy.spec.first_layer(policy)
+    mask = exit_mask(policy, signals)
+    assert not mask[:, : first - 1].any() and mask[:, first - 1 :].any()
+    tensors = {k: torch.from_numpy(v) for k, v in signals.items()}
+    assert torch.equal(exit_mask(policy, tensors), torch.from_numpy(np.asarray(mask)))  # the device path's rule
+
+
+def _count_transfers(monkeypatch):
+    """Count every way a tensor's values reach the host (what waits for a GPU)."""
+    counts = {"n": 0}
+    for method in ("cpu", "item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, **kwargs):
+            counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    return counts
+
+
+@pytest.mark.parametrize("policy, tested_layers", [(ExitPolicy("de3", tau=-1.0), 2), (ExitPolicy("pabee", patience=2), 0),
+                                                   (ExitPolicy("pcee", tau=-1.0, patience=2), 1),
+                                                   (ExitPolicy("static", layer=3), 0)])
+def test_the_device_path_waits_once_per_tested_layer(setup, monkeypatch, policy, tested_layers):
+    """On an accelerator (the torch path, run here on the CPU): one transfer per layer where some row can leave, none
+    where none can (PABEE before patience + 1 layers, static before its layer), one per batch for the answers."""
+    model, tokenizer, texts, _ = setup
+    engine = EarlyExitEngine(model, tokenizer, host_math=False)
+    enc = tokenizer(texts[:1], return_tensors="pt")
+    engine.run_batch(enc, policy=policy)  # warm: the policy's test is probed once on tensors
+    counts = _count_transfers(monkeypatch)
+    result = engine.run_batch(enc, policy=policy)
+    assert result.exit_layer.tolist() == [3] and result.signals is None  # nobody leaves early: every layer runs
+    assert counts["n"] == tested_layers + 1
+
+
+def test_the_engine_moves_inputs_to_the_model_device(setup, monkeypatch):
+    """``run_batch`` puts every input on ``model.device`` (on a GPU, inputs collated on the CPU still run)."""
+    model, tokenizer, texts, _ = setup
+    engine = EarlyExitEngine(model, tokenizer)
+    enc = dict(tokenizer(texts[:3], padding=True, return_tensors="pt"))
+    moved = []
+    original = torch.Tensor.to
+
+    def recording(self, *args, **kwargs):
+        if any(self is v for v in enc.values()):
+            moved.append((next(k for k, v in enc.items() if v is self), args[0] if args else kwargs.get("device")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recording)
+    engine.run_batch(enc, policy=ExitPolicy("static", layer=3))
+    assert set(moved) == {(k, model.device) for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def test_a_policy_written_with_numpy_alone_runs_on_both_paths(setup, monkeypatch):
+    """A new policy needs nothing for the engine: one whose value is NumPy-only is tested on the host by the device
+    path (its first probe on tensors says so), with the same exits."""
+    from analysis import policies
+    from tests.test_policies import toy_spec
+
+    spec = toy_spec()
+    monkeypatch.setitem(policies.REGISTRY, spec.name, spec)
+    model, tokenizer, texts, trace = setup
+    values = threshold_values(trace.wide, ExitPolicy(spec.name))[:, :-1]
+    policy = ExitPolicy(spec.name, tau=safe_threshold(values, np.median(values[:, 0])))
+    expected = decide_exits(trace.wide, policy)
+    for host_math in (None, False):
+        engine = EarlyExitEngine(model, tokenizer, host_math=host_math)
+        result = engine.run(texts, policy=policy, batch_size=4)
+        np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+        np.testing.assert_array_equal(result.pred, expected.pred)
+        assert len(np.unique(result.exit_layer)) >= 2
+    assert engine._torch_tests == {spec.name: False}
+
+
+@pytest.mark.parametrize("host_math", [None, False], ids=["host", "device"])
+def test_compiled_engine_equals_simulation(setup, host_math):
+    """compile: every layer and head under torch.compile (dynamic batch and length; the "eager" backend checks the
+    graphs here without code generation), the same exits and answers, recorded signals included."""
+    model, tokenizer, texts, trace = setup
+    engine = EarlyExitEngine(model, tokenizer, compile="eager", host_math=host_math)
+    for policy in (p for p in policies_for(trace) if p.name in ("de3", "pabee")):
+        expected = decide_exits(trace.wide, policy)
+        for batch_size in (1, 4, 32):
+            result = engine.run(texts, policy=policy, batch_size=batch_size, record=batch_size == 4)
+            np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+            np.testing.assert_array_equal(result.pred, expected.pred)
+    went = np.arange(1, trace.num_layers + 1)[None, :] <= result.exit_layer[:, None]
+    np.testing.assert_allclose(engine.run(texts, policy=policy, batch_size=4, record=True).signals["dr"][went],
+                               trace.wide["dr"][went], atol=1e-4)
