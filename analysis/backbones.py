@@ -98,18 +98,19 @@ def _decoder_only_types() -> set[str]:
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - set(MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
 
-def check_encoder_config(config, name: str) -> None:
-    """Refuse configs that are not BERT-family encoders (decoders, seq2seq, vision models)."""
+def check_encoder_config(config, name: str, *, what: str = "backbone", flag: str = "--backbone") -> None:
+    """Refuse configs that are not BERT-family encoders (decoders, seq2seq, vision models); messages name the model
+    as ``what`` and suggest ``flag``."""
     model_type = getattr(config, "model_type", "?")
-    fix = "DE3-BERT needs a BERT-family encoder (BERT, RoBERTa, ALBERT, MiniLM, ...), e.g. --backbone minilm-l6"
+    fix = f"DE3-BERT needs a BERT-family encoder (BERT, RoBERTa, ALBERT, MiniLM, ...), e.g. {flag} minilm-l6"
     if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
-        raise DE3Error(f"backbone {name!r} ({model_type}) is not an encoder-only model; {fix}")
+        raise DE3Error(f"{what} {name!r} ({model_type}) is not an encoder-only model; {fix}")
     if model_type in _decoder_only_types():
-        raise DE3Error(f"backbone {name!r} ({model_type}) is a decoder-only language model, not an encoder; {fix}")
+        raise DE3Error(f"{what} {name!r} ({model_type}) is a decoder-only language model, not an encoder; {fix}")
     if getattr(config, "architectures", None) and any("CausalLM" in a or "LMHead" in a for a in config.architectures):
-        raise DE3Error(f"backbone {name!r} ({model_type}) is a causal language model; {fix}")
+        raise DE3Error(f"{what} {name!r} ({model_type}) is a causal language model; {fix}")
     if not isinstance(getattr(config, "num_hidden_layers", None), int) or not isinstance(getattr(config, "hidden_size", None), int):
-        raise DE3Error(f"backbone {name!r} ({model_type}) has no num_hidden_layers/hidden_size; {fix}")
+        raise DE3Error(f"{what} {name!r} ({model_type}) has no num_hidden_layers/hidden_size; {fix}")
 
 
 def load_backbone(name: str, *, trust_remote_code: bool | None = None) -> torch.nn.Module:
@@ -126,6 +127,20 @@ def load_backbone(name: str, *, trust_remote_code: bool | None = None) -> torch.
         return AutoModel.from_pretrained(path, config=config, trust_remote_code=trust, **_offline_kwargs(path))
     except (OSError, ValueError, KeyError) as exc:
         raise DE3Error(_load_failure(name, exc)) from None
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Transformers' load report (checkpoint keys unused, weights newly initialised) silenced for the block: for a
+    base whose tensors are then taken by name, e.g. a fine-tuned classifier's encoder read back for a checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool | None = None):

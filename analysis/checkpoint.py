@@ -208,10 +208,11 @@ def load_model(folder: str | Path, *, map_location: str | torch.device = "cpu") 
 
 def _base_backbone_state(name: str, needed_by: Path | None = None) -> dict[str, torch.Tensor]:
     """The pretrained backbone's own tensors, by their names inside the backbone module."""
-    from .backbones import load_backbone
+    from .backbones import load_backbone, quiet_loading
 
     try:
-        return {k: v.detach() for k, v in load_backbone(name).state_dict().items()}
+        with quiet_loading():  # a classifier's folder holds a head the encoder does not take: no report of it
+            return {k: v.detach() for k, v in load_backbone(name).state_dict().items()}
     except DE3Error as exc:
         if needed_by is None:
             raise

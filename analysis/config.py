@@ -11,6 +11,7 @@ from .validate import MODEL, TRAIN, check_fields
 
 POOLINGS = ("mean", "cls")
 DAR_FORMS = ("proto_ce", "ratio", "margin")
+FINAL_HEADS = ("tanh", "gelu", "relu")  # the pooler activation of a fine-tuned classifier's own head (attach)
 
 
 def _from_dict(cls, data: dict[str, Any], source: str):
@@ -67,6 +68,9 @@ class ModelConfig:
     dar_margin: float = 1.0  # only for dar_form="margin"
     gamma: float = 0.1  # prototype moving-average rate
     max_length: int = 128  # tokenizer truncation
+    # None: the exit at L is an ordinary trained head. "tanh" / "gelu" / "relu": it is the backbone's own fine-tuned
+    # classification head ([CLS] -> dense + that activation -> classifier), copied and frozen by ``attach``
+    final_head: str | None = None
 
     RANGES: ClassVar[dict] = MODEL  # every number's type and range, declared in validate.py
 
@@ -78,6 +82,8 @@ class ModelConfig:
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {shorten(self.pooling)}"),
             (self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {shorten(self.distance)}"),
             (self.dar_form in DAR_FORMS, f"dar_form must be one of {DAR_FORMS}, got {shorten(self.dar_form)}"),
+            (self.final_head is None or self.final_head in FINAL_HEADS,
+             f"final_head must be null or one of {FINAL_HEADS}, got {shorten(self.final_head)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -4,6 +4,9 @@
                                           pooler -> prototypical projection e_m       (B, d_p)
     a PrototypeBank  class prototypes c_{m,k}, moving averages of e_m (buffers, no gradient)
 
+(With ``ModelConfig.final_head`` the exit at L is a fine-tuned classifier's own head, copied and frozen: see
+``analysis/attach.py``.)
+
 ``forward`` returns a ``DE3Output`` with every layer's logits, embeddings and prototype distances, plus the
 loss (mean CE over exits + alpha * DAR) when labels are given. No exit threshold lives here: exit policies
 are pure functions of these outputs, applied elsewhere.
@@ -31,12 +34,16 @@ def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+ACTIVATIONS = {"tanh": torch.tanh, "gelu": F.gelu, "relu": F.relu}  # a pooler's; BERT's is tanh, ELECTRA's head gelu
+
+
 class ExitHead(nn.Module):
     """Internal classifier and prototypical network of one layer."""
 
-    def __init__(self, hidden_size: int, num_labels: int, proto_dim: int, pooling: str, dropout: float):
+    def __init__(self, hidden_size: int, num_labels: int, proto_dim: int, pooling: str, dropout: float,
+                 activation: str = "tanh"):
         super().__init__()
-        self.pooling = pooling
+        self.pooling, self.activation = pooling, activation
         self.pooler = nn.Linear(hidden_size, hidden_size)  # own pooler, as BERT's: dense + tanh
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
@@ -44,7 +51,11 @@ class ExitHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, H) hidden states -> logits (B, K), prototype-space embedding (B, d_p)."""
-        u = torch.tanh(self.pooler(pool_tokens(hidden, attention_mask, self.pooling)))  # (B, H)
+        return self.from_pooled(pool_tokens(hidden, attention_mask, self.pooling))
+
+    def from_pooled(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H) pooled tokens -> logits (B, K), embedding (B, d_p): the exit after pooling (attach trains it so)."""
+        u = ACTIVATIONS[self.activation](self.pooler(pooled))  # (B, H)
         return self.classifier(self.dropout(u)), self.proto(u)
 
 
@@ -169,6 +180,9 @@ class DE3Bert(nn.Module):
         self.heads = nn.ModuleList(
             ExitHead(hidden, config.num_labels, proto_dim, config.pooling, dropout) for _ in range(self.num_layers)
         )
+        if config.final_head:  # the exit at L is the backbone's own classification head: [CLS], dense + its activation
+            self.heads[-1] = ExitHead(hidden, config.num_labels, proto_dim, "cls", dropout, config.final_head)
+            self.heads[-1].requires_grad_(False)  # copied from the fine-tuned classifier (attach.py), kept as it was
         self.bank = PrototypeBank(self.num_layers, config.num_labels, proto_dim, config.distance)
         self.max_positions = backbone_positions(bcfg)
         self._adopt_backbone_pooler()
@@ -202,7 +216,10 @@ class DE3Bert(nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **extra)
         hidden_states = out.hidden_states[1:]  # L tensors (B, T, H); [0] is the embedding layer
-        per_layer = [head(h, attention_mask) for head, h in zip(self.heads, hidden_states)]
+        return self.exits([head(h, attention_mask) for head, h in zip(self.heads, hidden_states)], labels)
+
+    def exits(self, per_layer: list[tuple[torch.Tensor, torch.Tensor]], labels: torch.Tensor | None = None) -> DE3Output:
+        """Every exit's (logits (B, K), embedding (B, d_p)) -> the output, distances and loss (with ``labels``)."""
         logits = torch.stack([z for z, _ in per_layer])  # (L, B, K)
         embeddings = torch.stack([e for _, e in per_layer])  # (L, B, d_p)
         distances = self.bank.distances(embeddings)  # (L, B, K)
@@ -212,9 +229,10 @@ class DE3Bert(nn.Module):
         return output
 
     def _add_loss(self, output: DE3Output, labels: torch.Tensor) -> None:
-        """Loss = mean_m CE(z_m, y) + alpha * mean over internal m < L of DAR_m (spec §3)."""
+        """Loss = mean_m CE(z_m, y) over the trained exits + alpha * mean over internal m < L of DAR_m (spec §3)."""
         num_layers = output.logits.shape[0]
-        ce = F.cross_entropy(output.logits.float().flatten(0, 1), labels.repeat(num_layers))
+        trained = num_layers - 1 if self.config.final_head else num_layers  # a copied final head is not trained
+        ce = F.cross_entropy(output.logits[:trained].float().flatten(0, 1), labels.repeat(trained))
         valid = self.bank.initialized  # (K,) classes whose prototypes exist yet
         keep = valid[labels]  # (B,) samples whose own class has a prototype; the rest skip DAR this step
         dar = ce.new_zeros(())

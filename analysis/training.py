@@ -67,6 +67,17 @@ class ExitEvaluation:
     accuracy: list[float] = field(default_factory=list)  # (L,)
     collapsed: list[int] = field(default_factory=list)  # 1-based exits that predict a single class
 
+    @classmethod
+    def score(cls, preds: np.ndarray, labels: np.ndarray, metric_name: str) -> "ExitEvaluation":
+        """Every exit's metric and accuracy from its predictions (L, N) against ``labels`` (N,)."""
+        result = cls(preds, labels, metric_name)
+        for m, p in enumerate(preds, start=1):
+            result.metric.append(float(compute_metric(metric_name, labels, p)))
+            result.accuracy.append(float((p == labels).mean()))
+            if len(np.unique(p)) == 1 and len(np.unique(labels)) > 1:
+                result.collapsed.append(m)
+        return result
+
     def summary(self) -> dict:
         return {"metric_name": self.metric_name, "metric": self.metric, "accuracy": self.accuracy, "collapsed": self.collapsed}
 
@@ -104,14 +115,7 @@ def evaluate(model: DE3Bert, tokenizer, encoded: batching.Encoded, metric_name: 
         ctx.all_reduce_sum_(gathered)
         preds = gathered.cpu().numpy()
     model.train(was_training)
-    labels = encoded.labels
-    result = ExitEvaluation(preds, labels, metric_name)
-    for m, p in enumerate(preds, start=1):
-        result.metric.append(float(compute_metric(metric_name, labels, p)))
-        result.accuracy.append(float((p == labels).mean()))
-        if len(np.unique(p)) == 1 and len(np.unique(labels)) > 1:
-            result.collapsed.append(m)
-    return result
+    return ExitEvaluation.score(preds, encoded.labels, metric_name)
 
 
 def _autocast(device: torch.device):
@@ -200,6 +204,9 @@ def train(
     """
     if not data.labelled:
         raise DE3Error(f"{data.name}: has no labels; training needs a label column (pass --label-column)")
+    if model_config.final_head:
+        raise DE3Error("ModelConfig.final_head is set by `python -m analysis attach` (a fine-tuned classifier's own "
+                       "head, copied); train trains every exit: leave final_head out of the config")
     local_backbone = model_config.backbone if Path(model_config.backbone).expanduser().exists() else None
     # checked before any work (a file, someone else's folder, a read-only place, the backbone itself) and held
     # against other writers from start to the final save

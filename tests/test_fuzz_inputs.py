@@ -112,7 +112,7 @@ def test_every_numeric_flag_is_declared():
     assert not bare, f"numeric flags without a declared range: {bare}"
     undeclared = [f"{cmd} {flag}" for cmd, flag in NUMERIC_FLAGS if not isinstance(getattr(_action(cmd, flag).type, "range", None), Range)]
     assert not undeclared, undeclared
-    assert {cmd for cmd, _ in NUMERIC_FLAGS} == {"train", "evaluate", "trace", "curves", "compare", "bench",
+    assert {cmd for cmd, _ in NUMERIC_FLAGS} == {"train", "evaluate", "trace", "attach", "curves", "compare", "bench",
                                                   "bench-memory", "study"}
 
 

@@ -7,6 +7,7 @@ evaluate  every exit's metric of a checkpoint on a split (or ``--split all``: ev
 trace     record every layer's signals for a split (or every row) into a trace folder; a file without a label
           column is traced as predictions only
 compact   a small copy of a checkpoint (float16, base weights shared with the pip backbone)
+attach    DE3 exits on a frozen, already fine-tuned classifier (or an encoder): a checkpoint in minutes
 curves    every exit policy's metric vs speed-up over its parameter sweep, as CSV
 compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under its curve
 bench     trace overhead, real early-exit wall-clock speed-ups at batch 1 and 32, sweep timings
@@ -14,7 +15,7 @@ bench-memory  peak memory of tracing 10k vs 100k samples
 study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
 
 Each module here adds its commands with ``register(subparsers)``, one parser per command whose ``handler`` runs it:
-``checkpoints`` (train, evaluate, trace, compact), ``curves`` (curves, compare), ``bench``, ``membench``
+``checkpoints`` (train, evaluate, trace, compact), ``attach``, ``curves`` (curves, compare), ``bench``, ``membench``
 (bench-memory), ``study``.
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
@@ -31,9 +32,9 @@ import sys
 
 from ..errors import DE3Error
 from ..validate import OneLineParser
-from . import bench, checkpoints, curves, membench, study
+from . import attach, bench, checkpoints, curves, membench, study
 
-COMMAND_MODULES = (checkpoints, curves, bench, membench, study)  # in the order --help lists their commands
+COMMAND_MODULES = (checkpoints, attach, curves, bench, membench, study)  # in the order --help lists their commands
 
 
 def build_parser() -> argparse.ArgumentParser:

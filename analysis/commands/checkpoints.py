@@ -170,6 +170,20 @@ def _data_inputs(args, checkpoint: str | None = None) -> tuple[list[str], list[s
     return files, _existing(spec["data_dir"])
 
 
+def read_config_file(path: str | None) -> tuple[dict, dict]:
+    """The ``model`` and ``train`` sections of a ``--config`` JSON file (empty without one), checked to be objects."""
+    from ..io import read_json_object
+
+    file_cfg = read_json_object(path) if path else {}
+    unknown = sorted(set(file_cfg) - {"model", "train"})
+    if unknown:
+        raise DE3Error(f"{path}: unknown section(s) {', '.join(unknown)}; use 'model' and 'train'")
+    for section in ("model", "train"):
+        if not isinstance(file_cfg.get(section, {}), dict):
+            raise DE3Error(f"{path}: section {section!r} must be a JSON object of field: value")
+    return dict(file_cfg.get("model", {})), dict(file_cfg.get("train", {}))
+
+
 def cmd_train(args) -> int:
     from ..backbones import remote_code
     from ..distributed import env_dist
@@ -187,22 +201,13 @@ def cmd_train(args) -> int:
 def _cmd_train(args) -> int:
     from ..config import ModelConfig, TrainConfig
     from ..data import load_data
-    from ..io import read_json_object
     from ..training import resume_dir, train
 
     if args.resume:
         return _resume_train(args)
     if not args.data:
         raise DE3Error("train needs --data (or --resume to continue an interrupted run)")
-    file_cfg = read_json_object(args.config) if args.config else {}
-    unknown = sorted(set(file_cfg) - {"model", "train"})
-    if unknown:
-        raise DE3Error(f"{args.config}: unknown section(s) {', '.join(unknown)}; use 'model' and 'train'")
-    for section in ("model", "train"):
-        if not isinstance(file_cfg.get(section, {}), dict):
-            raise DE3Error(f"{args.config}: section {section!r} must be a JSON object of field: value")
-    model_kw = dict(file_cfg.get("model", {}))
-    train_kw = dict(file_cfg.get("train", {}))
+    model_kw, train_kw = read_config_file(args.config)
     model_kw.update({k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None})
     train_kw.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     train_cfg = TrainConfig.from_dict(train_kw, source=args.config or "command line")
