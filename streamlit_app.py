@@ -12,8 +12,10 @@ PAGES = {
         st.Page("app/pages/overview.py", title="Overview", icon=":material/home:", default=True),
         st.Page("app/pages/tradeoff.py", title="Trade-off explorer", icon=":material/show_chart:", url_path="tradeoff"),
         st.Page("app/pages/prototype_map.py", title="Prototype map", icon=":material/scatter_plot:", url_path="map"),
+        st.Page("app/pages/policy_diff.py", title="Policy diff", icon=":material/compare_arrows:", url_path="diff"),
     ],
     "Debug": [
+        st.Page("app/pages/samples.py", title="Samples", icon=":material/table_rows:", url_path="samples"),
         st.Page("app/pages/inspector.py", title="Sample inspector", icon=":material/search:", url_path="inspector"),
         st.Page("app/pages/misclassified.py", title="Misclassified early exits", icon=":material/report:", url_path="errors"),
     ],

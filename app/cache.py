@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ import streamlit as st
 
 from analysis import compare as _compare
 from analysis import curves as _curves
-from analysis.projection import ProjectionConfig, project_layer
+from analysis.projection import LayerMaps, ProjectionConfig, project_layer, project_layers
 from app import sources
 
 
@@ -143,6 +144,12 @@ def get_vs_baseline(ref: TraceRef, lambda_: float, speedups: tuple[float, ...] =
                                         baseline=baseline, n_boot=n_boot)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def get_bootstrap(ref: TraceRef, policy_a, policy_b) -> dict:
+    """``compare.paired_bootstrap`` of two policies on a trace (1,000 paired resamples, seed 0)."""
+    return _compare.paired_bootstrap(get_trace(ref), policy_a, policy_b)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def get_preview(path: str, header: bool, display_name: str | None = None) -> pd.DataFrame:
     """The first rows of an uploaded file (``sources.preview_columns``), read once per file and header setting: an
@@ -158,11 +165,18 @@ def get_per_layer(ref: TraceRef) -> pd.DataFrame:
     return _curves.per_layer_metric(get_trace(ref))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def get_projection(ref: TraceRef, layer: int, config: ProjectionConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(points (N, 2), prototype points (K, 2)) of one layer, computed once per (trace, layer, config)."""
+@st.cache_data(show_spinner=False, max_entries=16)
+def get_layer_maps(ref: TraceRef, config: ProjectionConfig) -> LayerMaps:
+    """Every layer's map (``projection.project_layers``: aligned from layer to layer unless ``config.align`` is
+    False), computed once per (trace, config), all layers at once."""
     trace = get_trace(ref)
-    return project_layer(trace.embeddings(layer), trace.prototypes(layer), config)  # a layer outside 1..L: TraceError
+    return project_layers(trace.embeddings(), trace.prototypes(), config)
+
+
+def get_projection(ref: TraceRef, layer: int, config: ProjectionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(points (N, 2), prototype points (K, 2)) of one layer: that layer of ``get_layer_maps``."""
+    get_trace(ref).check_layer(layer)  # a layer outside 1..L: TraceError, before any map is computed
+    return get_layer_maps(ref, config).layer(layer)
 
 
 @st.cache_resource(show_spinner=False)
@@ -176,25 +190,34 @@ def cuda_available() -> bool:
 # ---- warm-up -----------------------------------------------------------------------------------------------
 
 
+UMAP_COMPILE_SECONDS = (20, 60)  # measured: a cold server on a 2-core machine, quiet to busy (see warm_up_umap)
+
+
 @st.cache_resource(show_spinner=False)
 def warm_up_umap() -> threading.Thread | None:
-    """Compile UMAP's numba code (~20 s, once per server process) in the background at start-up, so the first
-    prototype map does not wait for it. Off when ``DE3_APP_WARMUP=0`` (the tests)."""
+    """Compile UMAP's numba code in the background at start-up (once per server process), so the first prototype
+    map does not wait for it. Off when ``DE3_APP_WARMUP=0`` (the tests).
+
+    How long it takes, measured in new processes (numba's disk cache as installed) on a shared 2-core machine: 21 s,
+    32 s and 55 s as other work on the cores grew; a cold server showed its first UMAP map 57 s after the first
+    request, six layers included -- hence ``UMAP_COMPILE_SECONDS``. The log says it each time ("UMAP compiled in
+    N s")."""
     if os.environ.get("DE3_APP_WARMUP", "1") == "0":
         return None
 
     def work() -> None:
-        import time
-
         time.sleep(3)  # let the first page paint first
+        start = time.monotonic()
         try:
             rng = np.random.default_rng(0)
             project_layer(rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(3, 8)),
                           ProjectionConfig(method="umap", n_neighbors=5))
+            logging.getLogger(__name__).info("UMAP compiled in %.0f s", time.monotonic() - start)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means the first real map compiles instead
             logging.getLogger(__name__).info("UMAP warm-up failed: %s", exc)
 
     thread = threading.Thread(target=work, name="umap-warmup", daemon=True)
+    thread.started = time.monotonic()  # when the server asked for it (the compile starts 3 s later)
     thread.start()
     return thread
 
@@ -202,6 +225,12 @@ def warm_up_umap() -> threading.Thread | None:
 def umap_ready() -> bool:
     thread = warm_up_umap()
     return thread is None or not thread.is_alive()
+
+
+def umap_compiling_for() -> float:
+    """Seconds since the UMAP warm-up began (0 when there is none)."""
+    thread = warm_up_umap()
+    return 0.0 if thread is None else time.monotonic() - thread.started
 
 
 # ---- the playground: a real early-exit run on typed text ------------------------------------------------------

@@ -12,16 +12,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.policies import ORACLE, REGISTRY
+from app.derive import LOG_FLOOR, signal_bins  # the histograms' bins, shared with what a click on one selects
 
 # Okabe-Ito (colour-blind safe), then more distinct colours for many classes
 CLASS_COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#882255",
                 "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#222A2A", "#B68100", "#750D86"]
 RIGHT, WRONG, NEUTRAL = "#009E73", "#D55E00", "#7F7F7F"  # NEUTRAL: no labels to judge by
 CURRENT = "#E4007C"  # the current setting / exit marker: visible on light and dark themes
+SELECTION = "#5E2CA5"  # the current selection of samples (app/selection.py), on every chart that shows it
 SIGNAL_COLORS = {"entropy": "#E69F00", "dr": "#56B4E9", "edr": "#0072B2", "max_prob": "#CC79A7"}
 BUCKET_COLORS = {"efficient": "#009E73", "wasted": "#56B4E9", "premature": "#D55E00", "missed": "#CC79A7",
                  "hopeless": "#7F7F7F"}
-LOG_FLOOR = 1e-6
 
 
 def class_color(k: int) -> str:
@@ -215,29 +216,27 @@ def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
 
 def signal_histograms(values: np.ndarray, correct: np.ndarray | None, *, tau: float | None, signal_label: str,
                       active: np.ndarray | None = None, log_x: bool = True, bins: int = 30,
-                      cols: int = 6) -> go.Figure:
+                      cols: int = 6, selected: np.ndarray | None = None) -> go.Figure:
     """Per-layer histograms of an exit signal (N, L), stacked by whether that layer's answer is right (one group
     when ``correct`` is None: a trace without labels).
 
     ``tau`` draws the threshold line (exit when the value is left of it). ``active`` (N, L) bool keeps only
-    samples still running at each layer. ``log_x`` bins log10 of the values (signals span several decades).
+    samples still running at each layer. ``log_x`` bins log10 of the values (signals span several decades); the
+    bins are ``derive.signal_bins``'. Each bar's customdata is [value at its centre, layer, bin, 1 right / 0 wrong /
+    -1 no labels], what a click on it selects. ``selected`` (N,) bool outlines the current selection's share.
     """
     values = np.asarray(values, dtype=np.float64)
     L = values.shape[1]
     groups = ((True, RIGHT, "right at this layer"), (False, WRONG, "wrong at this layer"))
+    labelled = correct is not None
     if correct is None:  # no labels: every sample in one neutral group
         correct, groups = np.ones(values.shape, dtype=bool), ((True, NEUTRAL, "samples"),)
     correct = np.asarray(correct, dtype=bool)
     shown = np.ones_like(correct) if active is None else np.asarray(active, dtype=bool)
-    x = np.log10(np.clip(values, LOG_FLOOR, None)) if log_x else values
-    finite = x[np.isfinite(x)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if tau is not None and tau > 0:
-        t = np.log10(max(tau, LOG_FLOOR)) if log_x else tau
-        lo, hi = min(lo, t), max(hi, t)
-    hi = hi if hi > lo else lo + 1.0
-    edges = np.linspace(lo, hi, bins + 1)
+    index, edges = signal_bins(values, tau=tau, log_x=log_x, bins=bins)
+    lo, hi = float(edges[0]), float(edges[-1])
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    at_center = 10 ** centers if log_x else centers
     cols = min(cols, L)
     rows = int(np.ceil(L / cols))
     fig = make_subplots(rows=rows, cols=cols, shared_yaxes=True, horizontal_spacing=0.015, vertical_spacing=0.12,
@@ -247,11 +246,18 @@ def signal_histograms(values: np.ndarray, correct: np.ndarray | None, *, tau: fl
         keep = shown[:, m]
         for ok, color, name in groups:
             sel = keep & (correct[:, m] == ok)
-            counts, _ = np.histogram(np.clip(x[sel, m], lo, hi), bins=edges)
+            counts = np.bincount(index[sel, m], minlength=bins)
+            group = (1 if ok else 0) if labelled else -1
+            custom = [[float(v), m + 1, b, group] for b, v in enumerate(at_center)]
             fig.add_trace(go.Bar(x=centers, y=counts, width=width, marker_color=color, name=name, legendgroup=name,
-                                 showlegend=m == 0, customdata=10 ** centers if log_x else centers,
-                                 hovertemplate=f"layer {m + 1}<br>{signal_label} ≈ %{{customdata:.3g}}<br>%{{y}} {name}"
-                                               "<extra></extra>"), row=r, col=c)
+                                 showlegend=m == 0, customdata=custom,
+                                 hovertemplate=f"layer {m + 1}<br>{signal_label} ≈ %{{customdata[0]:.3g}}<br>%{{y}} {name}"
+                                               "<br>click: select them<extra></extra>"), row=r, col=c)
+        if selected is not None:  # the current selection's samples in each bin, outlined
+            counts = np.bincount(index[keep & np.asarray(selected, dtype=bool), m], minlength=bins)
+            fig.add_trace(go.Scatter(x=edges, y=np.append(counts, counts[-1]), mode="lines", name="in the selection",
+                                     legendgroup="in the selection", showlegend=m == 0, hoverinfo="skip",
+                                     line=dict(color=SELECTION, width=2, shape="hv")), row=r, col=c)
         if tau is not None and m < L - 1:
             t = (np.log10(max(tau, LOG_FLOOR)) if log_x else tau) if tau > 0 else lo
             fig.add_vline(x=t, line=dict(color=CURRENT, dash="dash", width=1.5), row=r, col=c)
@@ -269,75 +275,203 @@ def signal_histograms(values: np.ndarray, correct: np.ndarray | None, *, tau: fl
 # ---- prototype map ---------------------------------------------------------------------------------------------
 
 
+def map_point_style(n: int) -> tuple[int, float]:
+    """(marker size, opacity) for a map of ``n`` samples: smaller and more transparent as they grow, so that
+    overlapping points read as density instead of one solid blob."""
+    if n <= 300:
+        return 9, 0.85
+    if n <= 1500:
+        return 7, 0.7
+    if n <= 6000:
+        return 5, 0.55
+    return 4, 0.45
+
+
+def colorbar_ticks(lo: float, hi: float, *, log: bool) -> tuple[list[float], list[str]] | None:
+    """Colour-bar ticks in the signal's own units. ``log``: ``lo``/``hi`` are log10 values and the ticks sit at
+    1, 2, 5 × powers of ten inside them, labelled as values (0.001, 0.01, 0.1, 1 -- never exponents); linear: None
+    (Plotly's own ticks are already values)."""
+    if not log:
+        return None
+    vals = []
+    for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1):
+        for mult in (1, 2, 5):
+            v = np.log10(mult) + e
+            if lo - 1e-9 <= v <= hi + 1e-9:
+                vals.append((mult, v))
+    decades = [(m, v) for m, v in vals if m == 1]
+    keep = decades if len(decades) >= 3 else vals  # enough decades: label only them
+    return [float(v) for _, v in keep], [f"{10.0 ** v:.6g}" for _, v in keep]
+
+
 def prototype_map(points: np.ndarray, proto_points: np.ndarray, *, sample_ids: np.ndarray, color: np.ndarray,
                   color_label: str, categories: list[str] | None = None, category_colors: list[str] | None = None,
                   class_names: list[str], hover: list[str], selected: list[int] | None = None,
-                  focus: dict | None = None, log_color: bool = False, height: int = 620) -> go.Figure:
+                  focus: dict | None = None, log_color: bool = False, height: int = 500,
+                  view: tuple[tuple[float, float], tuple[float, float]] | None = None, path: dict | None = None,
+                  search: dict | None = None, neighbours: dict | None = None, tau: float | None = None,
+                  corner: str | None = None) -> go.Figure:
     """Samples and class prototypes of one layer in one 2-D map.
 
+    Drawn bottom to top: the prototypes (hollow stars, so points on them stay visible), the samples (size and
+    opacity by their number, so density shows; categories in the order given, so "wrong" after "right" is on top),
+    then the highlights. The view is fitted to the samples: a prototype outside it is drawn at the edge and
+    labelled so.
+
     ``color``: category index per sample (with ``categories`` and ``category_colors``) or a number (continuous
-    colour scale; ``log_color`` colours by log10). ``selected``: sample ids to emphasise. ``focus``: one sample's
-    dict(index, r1_class, r2_class, r1, r2, dr) — lines to its predicted-class (r1) and nearest rival (r2)
-    prototypes, labelled with the true distances.
+    colour scale, ticks in the signal's own units; ``log_color``: a log scale labelled 0.001, 0.01, ...; ``tau``:
+    the policy's threshold marked on the colour bar). ``selected``: sample ids of the current selection (others
+    fade). ``focus``: one sample's dict(index, r1_class, r2_class, r1, r2, dr) — lines to its predicted-class (r1)
+    and nearest rival (r2) prototypes, labelled with the true distances, each prototype ringed so a line of no
+    length still shows. ``view``: ((x0, x1), (y0, y1)), e.g. ``LayerMaps.view()`` (one view for every layer);
+    None fits these samples (and the path). ``path``: dict(points=(L, 2), layer=1-based) — the focus sample at every layer.
+    ``search``: dict(ids, label) ringed; ``neighbours``: dict(ids, label) marked. ``corner``: words in the top
+    left corner (which layer this is, while the layers play).
     """
-    points, proto_points = np.asarray(points), np.asarray(proto_points)
+    points, proto_points = np.asarray(points, dtype=np.float64), np.asarray(proto_points, dtype=np.float64)
     sample_ids = np.asarray(sample_ids)
     hover = np.asarray(hover, dtype=object)
-    sel = set(selected or [])
+    sel = set(int(s) for s in (selected or []))
     Scatter = go.Scattergl if len(points) > 3000 else go.Scatter
+    size, opacity = map_point_style(len(points))
     fig = go.Figure()
+    if view is None:  # these samples, and the focus sample's path when there is one
+        fitted = points if path is None else np.concatenate([points, np.asarray(path["points"], dtype=np.float64)])
+        lo, hi = fitted.min(axis=0), fitted.max(axis=0)
+        margin = 0.05 * np.maximum(hi - lo, 1e-6)
+        view = (lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])
+    (x0, x1), (y0, y1) = view
+    span = np.array([x1 - x0, y1 - y0])
+    inset = 0.02 * span  # a prototype outside the view sits just inside its edge
+    shown_protos = np.clip(proto_points, [x0 + inset[0], y0 + inset[1]], [x1 - inset[0], y1 - inset[1]])
+    outside = (np.abs(shown_protos - proto_points) > 1e-9).any(axis=1)
+
+    # prototypes first: under the points
+    K = len(proto_points)
+    proto_hover = [f"prototype of <b>{class_names[k]}</b>" + (" — outside this view, drawn at its edge" if outside[k] else "")
+                   for k in range(K)]
+    fig.add_trace(go.Scatter(
+        x=shown_protos[:, 0], y=shown_protos[:, 1], mode="markers", name="class prototypes",
+        marker=dict(size=26, symbol="star-open", color=[class_color(k) for k in range(K)], line=dict(width=2.5)),
+        text=list(class_names), hovertext=proto_hover, hovertemplate="%{hovertext}<extra></extra>"))
 
     def selected_points(mask: np.ndarray):
         ids = sample_ids[mask]
-        idx = [i for i, s in enumerate(ids) if s in sel]
-        return idx if sel else None
+        return [i for i, s in enumerate(ids) if int(s) in sel] if sel else None
 
+    point_line = dict(width=0.5, color="white") if len(points) <= 1500 else dict(width=0)
+    faded = dict(marker=dict(opacity=0.15))
     if categories is not None:
         color = np.asarray(color)
+        palette = category_colors or CLASS_COLORS
         for c, name in enumerate(categories):
             mask = color == c
             if not mask.any():
                 continue
             fig.add_trace(Scatter(
                 x=points[mask, 0], y=points[mask, 1], mode="markers", name=f"{name} ({int(mask.sum())})",
-                marker=dict(size=7, color=(category_colors or CLASS_COLORS)[c % len(category_colors or CLASS_COLORS)],
-                            line=dict(width=0.5, color="white"), opacity=0.85),
+                marker=dict(size=size, color=palette[c % len(palette)], line=point_line, opacity=opacity),
                 customdata=sample_ids[mask], text=hover[mask], selectedpoints=selected_points(mask),
-                selected=dict(marker=dict(size=11, opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)),
+                selected=dict(marker=dict(opacity=1.0)), unselected=faded,
                 hovertemplate="%{text}<extra></extra>"))
     else:
         values = np.asarray(color, dtype=np.float64)
         shown = np.log10(np.clip(values, LOG_FLOOR, None)) if log_color else values
+        finite = shown[np.isfinite(shown)]
+        cmin, cmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        t = None
+        if tau is not None and np.isfinite(tau):
+            t = float(np.log10(max(tau, LOG_FLOOR))) if log_color else float(tau)
+            cmin, cmax = min(cmin, t), max(cmax, t)  # τ always on the bar
+        cmax = cmax if cmax > cmin else cmin + 1.0
+        colorbar = dict(title=dict(text=color_label + (" (log scale)" if log_color else ""), side="right"),
+                        thickness=14, len=1.0, lenmode="fraction", y=0.5, yanchor="middle", ypad=0,
+                        x=1.0, xref="paper", xanchor="left", xpad=COLORBAR_XPAD, outlinewidth=0)
+        ticks = colorbar_ticks(cmin, cmax, log=log_color)
+        if ticks is not None:
+            colorbar.update(tickmode="array", tickvals=ticks[0], ticktext=ticks[1])
         fig.add_trace(Scatter(
             x=points[:, 0], y=points[:, 1], mode="markers", name=color_label, showlegend=False,
-            marker=dict(size=7, color=shown, colorscale="Viridis_r", showscale=True,
-                        colorbar=dict(title=("log10 " if log_color else "") + color_label, thickness=12),
-                        line=dict(width=0.3, color="white")),
+            marker=dict(size=size, color=shown, cmin=cmin, cmax=cmax, colorscale="Viridis_r", showscale=True,
+                        colorbar=colorbar, line=point_line, opacity=opacity),
             customdata=sample_ids, text=hover, selectedpoints=selected_points(np.ones(len(points), bool)),
-            selected=dict(marker=dict(size=11, opacity=1.0)), unselected=dict(marker=dict(opacity=0.25)),
+            selected=dict(marker=dict(opacity=1.0)), unselected=faded,
             hovertemplate="%{text}<extra></extra>"))
+        if t is not None:  # a line across the colour bar at τ, and its value beside it
+            frac = (t - cmin) / (cmax - cmin)
+            fig.add_shape(type="line", name="tau", xref="paper", xsizemode="pixel", xanchor=1.0,
+                          x0=COLORBAR_XPAD - 4, x1=COLORBAR_XPAD + 18, yref="paper", y0=frac, y1=frac,
+                          line=dict(color=CURRENT, width=3))
+            fig.add_annotation(name="tau", xref="paper", yref="paper", x=1.0, y=frac, xanchor="right",
+                               xshift=COLORBAR_XPAD - 6, showarrow=False, text=f"<b>τ = {tau:g}</b>",
+                               font=dict(color=CURRENT, size=12), bgcolor="rgba(255,255,255,0.8)")
 
+    if sel:  # the current selection, ringed (on every page, selected samples wear this colour)
+        mask = np.isin(sample_ids, list(sel))
+        if mask.any():
+            fig.add_trace(go.Scatter(
+                x=points[mask, 0], y=points[mask, 1], mode="markers", name=f"selected ({int(mask.sum())})",
+                marker=dict(size=size + 5, symbol="circle-open", color=SELECTION, line=dict(width=1.8)),
+                customdata=sample_ids[mask], text=hover[mask], hovertemplate="%{text}<extra></extra>"))
+    if search is not None and len(search["ids"]):
+        mask = np.isin(sample_ids, list(search["ids"]))
+        fig.add_trace(go.Scatter(
+            x=points[mask, 0], y=points[mask, 1], mode="markers", name=search["label"],
+            marker=dict(size=size + 9, symbol="circle-open", color="#111111", line=dict(width=2.2)),
+            customdata=sample_ids[mask], text=hover[mask], hovertemplate="%{text}<extra></extra>"))
+    if neighbours is not None and len(neighbours["ids"]):
+        mask = np.isin(sample_ids, list(neighbours["ids"]))
+        fig.add_trace(go.Scatter(
+            x=points[mask, 0], y=points[mask, 1], mode="markers", name=neighbours["label"],
+            marker=dict(size=size + 7, symbol="diamond-open", color=CURRENT, line=dict(width=2)),
+            customdata=sample_ids[mask], text=hover[mask], hovertemplate="%{text}<extra></extra>"))
+    if path is not None:  # the focus sample at every layer: a thin line, each layer numbered
+        trail = np.asarray(path["points"], dtype=np.float64)
+        current = int(path["layer"])
+        fig.add_trace(go.Scatter(
+            x=trail[:, 0], y=trail[:, 1], mode="lines+markers+text", name=f"its path, layers 1–{len(trail)}",
+            line=dict(color="#333333", width=1.5), marker=dict(size=6, color="#333333"),
+            text=[f"<b>{m}</b>" if m == current else str(m) for m in range(1, len(trail) + 1)],
+            textposition="top right", textfont=dict(size=11, color="#333333"),
+            hovertemplate="layer %{text}<extra></extra>"))
     if focus is not None:
         i = focus["index"]
-        for which, cls, dist, dash in (("r1", focus["r1_class"], focus["r1"], "solid"),
-                                       ("r2", focus["r2_class"], focus["r2"], "dot")):
-            px, py = proto_points[cls]
-            fig.add_trace(go.Scatter(x=[points[i, 0], px], y=[points[i, 1], py], mode="lines", showlegend=True,
-                                     name=f"{which} = {dist:.3g} → {class_names[cls]}",
-                                     line=dict(color=class_color(cls), width=3, dash=dash), hoverinfo="skip"))
-        fig.add_trace(go.Scatter(x=[points[i, 0]], y=[points[i, 1]], mode="markers", name=f"sample {sample_ids[i]}",
+        sx, sy = points[i]
+        short = 0.03 * float(np.hypot(*span))  # a line shorter than this is hard to see: say it in words
+        notes = []
+        for which, cls, dist, dash, ring in (("r1", focus["r1_class"], focus["r1"], "solid", 34),
+                                             ("r2", focus["r2_class"], focus["r2"], "dot", 42)):
+            px_, py_ = shown_protos[cls]
+            fig.add_trace(go.Scatter(
+                x=[sx, px_], y=[sy, py_], mode="lines+markers", showlegend=True,
+                name=f"{which} = {dist:.3g} → {class_names[cls]}", line=dict(color=class_color(cls), width=3, dash=dash),
+                marker=dict(size=[0, ring], symbol="circle-open", color=class_color(cls), line=dict(width=2.5)),
+                hoverinfo="skip"))
+            if np.hypot(px_ - sx, py_ - sy) < short:
+                notes.append(f"{which} = {dist:.3g}")
+        fig.add_trace(go.Scatter(x=[sx], y=[sy], mode="markers", name=f"sample {sample_ids[i]}",
                                  marker=dict(size=18, symbol="circle-open", color=CURRENT, line=dict(width=3)),
                                  hovertemplate=f"sample {sample_ids[i]} · DR = {focus['dr']:.3f}<extra></extra>"))
+        if notes:  # the sample sits on a prototype in the map: the line has no length, the words say it
+            fig.add_annotation(x=sx, y=sy, ax=40, ay=-36, showarrow=True, arrowhead=2, arrowcolor=CURRENT,
+                               text=f"sample {sample_ids[i]} on its prototype in the map; " + ", ".join(notes)
+                                    + " in the model", font=dict(color=CURRENT, size=12),
+                               bgcolor="rgba(255,255,255,0.85)")
 
-    fig.add_trace(go.Scatter(
-        x=proto_points[:, 0], y=proto_points[:, 1], mode="markers+text", name="class prototypes",
-        text=class_names, textposition="top center", textfont=dict(size=13),
-        marker=dict(size=22, symbol="star", color=[class_color(k) for k in range(len(proto_points))],
-                    line=dict(width=1.5, color="#555555")),
-        hovertemplate="prototype of <b>%{text}</b><extra></extra>"))
-    fig.update_xaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, showgrid=False, scaleanchor="x", scaleratio=1)
+    for k in range(K):  # class names on top of everything, beside their stars
+        fig.add_annotation(x=shown_protos[k, 0], y=shown_protos[k, 1], yshift=18, showarrow=False,
+                           text=f"<b>{class_names[k]}</b>" + (" (outside the view)" if outside[k] else ""),
+                           font=dict(size=13, color=class_color(k), shadow="0px 0px 3px white"))  # a halo, not a box
+    if corner:
+        fig.add_annotation(xref="paper", yref="paper", x=0.01, y=0.99, xanchor="left", yanchor="top", showarrow=False,
+                           text=f"<b>{corner}</b>", font=dict(size=15, color="#333333"))
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False, showgrid=False, range=[x0, x1])
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, showgrid=False, range=[y0, y1],
+                     scaleanchor="x", scaleratio=1)
     return _layout(fig, height=height)  # Streamlit: pan + click-to-select; lasso and box in the toolbar
+
+
+COLORBAR_XPAD = 12  # px between the plot and the colour bar (the τ mark is drawn across it)
 
 
 # ---- sample trajectories -----------------------------------------------------------------------------------
@@ -425,22 +559,115 @@ def policy_exit_strip(exits: pd.DataFrame, *, num_layers: int, current: str | No
 # ---- errors ------------------------------------------------------------------------------------------------------
 
 
-def confusion_heatmap(matrix: np.ndarray, *, class_names: list[str], title: str | None = None) -> go.Figure:
-    """Counts [true, predicted]; the diagonal is right."""
+def confusion_heatmap(matrix: np.ndarray, *, class_names: list[str], title: str | None = None,
+                      selected: np.ndarray | None = None) -> go.Figure:
+    """Counts [true, predicted]; the diagonal is right. A click on a cell selects its samples: a marker sits on every
+    cell (customdata [true, predicted]; a heatmap itself cannot be selected), the nearest one is picked (hoverdistance
+    -1). ``selected`` (K, K): the current selection's samples per cell, counted in the text where there is room (up
+    to 3 classes), else outlined."""
     m = np.asarray(matrix)
-    fig = go.Figure(go.Heatmap(z=m, x=[f"pred {c}" for c in class_names], y=[f"true {c}" for c in class_names],
-                               colorscale="Blues", text=m, texttemplate="%{text}", showscale=False,
-                               hovertemplate="%{y}, %{x}: %{z}<extra></extra>"))
+    K = len(class_names)
+    xs, ys = [f"pred {c}" for c in class_names], [f"true {c}" for c in class_names]
+    chosen = np.zeros_like(m) if selected is None else np.asarray(selected)
+    text = np.array([[f"{m[t, p]}" + (f"<br>({chosen[t, p]} selected)" if chosen[t, p] and K <= 3 else "")
+                      for p in range(K)] for t in range(K)], dtype=object)
+    fig = go.Figure(go.Heatmap(z=m, x=xs, y=ys, colorscale="Blues", text=text, texttemplate="%{text}", showscale=False,
+                               hoverinfo="skip"))
+    t, p = np.divmod(np.arange(K * K), K)
+    hover = [f"{m[i, j]}" + (f" ({chosen[i, j]} in the selection)" if chosen[i, j] else "") for i, j in zip(t, p)]
+    fig.add_trace(go.Scatter(
+        x=[xs[j] for j in p], y=[ys[i] for i in t], mode="markers", showlegend=False, name="cells",
+        marker=dict(symbol="square-open", size=24, color=SELECTION, line=dict(width=2.5),
+                    opacity=[1.0 if chosen[i, j] and K > 3 else 0.0 for i, j in zip(t, p)]),
+        customdata=np.stack([t, p], axis=1).tolist(), text=hover,
+        hovertemplate="%{y}, %{x}: %{text}<br>click: select them<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
+    fig.update_layout(hoverdistance=-1)
     return _layout(fig, title=title, height=120 + 45 * len(class_names))
 
 
-def bucket_bars(counts: pd.DataFrame) -> go.Figure:
-    """Samples per error bucket (``taxonomy.bucket_counts``)."""
-    fig = go.Figure(go.Bar(x=counts["count"], y=counts["label"], orientation="h",
-                           marker_color=[BUCKET_COLORS[b] for b in counts["bucket"]],
+def bucket_bars(counts: pd.DataFrame, *, selected: dict[str, int] | None = None) -> go.Figure:
+    """Samples per error bucket (``taxonomy.bucket_counts``); a click on a bar selects its samples (customdata: the
+    bucket). ``selected``: the current selection's samples per bucket, drawn as a narrow bar over each."""
+    fig = go.Figure(go.Bar(x=counts["count"], y=counts["label"], orientation="h", name="samples",
+                           marker_color=[BUCKET_COLORS[b] for b in counts["bucket"]], customdata=counts["bucket"],
                            text=[f"{c} ({100 * s:.1f}%)" for c, s in zip(counts["count"], counts["share"])],
-                           textposition="auto", hovertemplate="%{y}: %{x}<extra></extra>"))
+                           textposition="auto" if selected is None else "outside", cliponaxis=False,
+                           hovertemplate="%{y}: %{x}<br>click: select them<extra></extra>"))
+    if selected is not None:  # over each bar, so its count goes outside it
+        n = [int(selected.get(b, 0)) for b in counts["bucket"]]
+        fig.add_trace(go.Bar(x=n, y=counts["label"], orientation="h", name="in the selection", width=0.3,
+                             marker=dict(color=SELECTION), customdata=counts["bucket"], showlegend=True,
+                             hovertemplate="%{y}: %{x} in the selection<extra></extra>"))
+        fig.update_layout(barmode="overlay")
+        fig.update_xaxes(range=[0, 1.45 * max(int(counts["count"].max()), 1)])  # room for the counts
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title="samples")
-    return _layout(fig, height=260)
+    return _layout(fig, height=260, showlegend=selected is not None)
+
+
+# ---- two policies side by side; the flow of samples through the layers --------------------------------------------
+
+
+def diff_exit_layers(diff: pd.DataFrame, *, num_layers: int, name_a: str, name_b: str) -> go.Figure:
+    """Where two policies let the same samples out (``derive.policy_diff``): samples per (A's exit layer, B's exit
+    layer), the disagreements (only one of them right) counted in each cell's hover."""
+    layers = np.arange(1, num_layers + 1)
+    total = np.zeros((num_layers, num_layers), dtype=int)
+    only_a = np.zeros_like(total)
+    only_b = np.zeros_like(total)
+    np.add.at(total, (diff["exit_b"] - 1, diff["exit_a"] - 1), 1)
+    for outcome, grid in (("only A right", only_a), ("only B right", only_b)):
+        part = diff[diff["outcome"] == outcome]
+        np.add.at(grid, (part["exit_b"] - 1, part["exit_a"] - 1), 1)
+    text = [[f"{total[j, i]}" + (f"<br>A✓B✗ {only_a[j, i]} · A✗B✓ {only_b[j, i]}" if only_a[j, i] or only_b[j, i] else "")
+             if total[j, i] else "" for i in range(num_layers)] for j in range(num_layers)]
+    fig = go.Figure(go.Heatmap(z=total, x=layers, y=layers, text=text, texttemplate="%{text}", colorscale="Blues",
+                               showscale=False, customdata=np.dstack([only_a, only_b]),
+                               hovertemplate=f"{name_a} exits at %{{x}}, {name_b} at %{{y}}: %{{z}} samples<br>"
+                                             "only A right %{customdata[0]} · only B right %{customdata[1]}<extra></extra>"))
+    fig.update_xaxes(title=f"A: {name_a} — exit layer", tickmode="array", tickvals=layers)
+    fig.update_yaxes(title=f"B: {name_b} — exit layer", tickmode="array", tickvals=layers)
+    return _layout(fig, height=380)
+
+
+def exit_flow(exit_layer: np.ndarray, correct: np.ndarray | None, *, num_layers: int) -> go.Figure:
+    """How the samples flow through the layers under a policy: into each layer, out right or wrong there (or just
+    out, without labels), on to the next. A Sankey diagram that moves with τ."""
+    exit_layer = np.asarray(exit_layer)
+    L = num_layers
+    entering = [int((exit_layer >= m).sum()) for m in range(1, L + 1)]
+    labels = [f"layer {m}<br>{entering[m - 1]} in" for m in range(1, L + 1)]
+    colors = ["#4C78A8"] * L
+    source, target, value, link_colors = [], [], [], []
+
+    def node(label: str, color: str) -> int:
+        labels.append(label)
+        colors.append(color)
+        return len(labels) - 1
+
+    groups = (("right", RIGHT), ("wrong", WRONG)) if correct is not None else (("out", NEUTRAL),)
+    ok = None if correct is None else np.asarray(correct, dtype=bool)
+    for m in range(1, L + 1):
+        here = exit_layer == m
+        for word, color in groups:
+            n = int((here & (ok if word == "right" else ~ok)).sum()) if ok is not None else int(here.sum())
+            if n:
+                source.append(m - 1)
+                target.append(node(f"exit {word} at {m}: {n}", color))
+                value.append(n)
+                link_colors.append(_fade(color))
+        if m < L and entering[m]:
+            source.append(m - 1)
+            target.append(m)
+            value.append(entering[m])
+            link_colors.append("rgba(76,120,168,0.25)")
+    fig = go.Figure(go.Sankey(arrangement="snap", node=dict(label=labels, color=colors, pad=12, thickness=14),
+                              link=dict(source=source, target=target, value=value, color=link_colors,
+                                        hovertemplate="%{value} samples<extra></extra>")))
+    return _layout(fig, height=360)
+
+
+def _fade(hex_color: str, alpha: float = 0.45) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"

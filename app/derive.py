@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.curves import policy_from_row
-from analysis.policies import REGISTRY, ExitPolicy, exit_mask, input_columns, threshold_signal
+from analysis.policies import DE3, REGISTRY, ExitPolicy, exit_mask, input_columns, threshold_signal
 from analysis.signals import edr
 
 # ---------------------------------------------------------------------------------------------------------
@@ -181,18 +181,120 @@ def sample_exits(trace, sample: int, policies: dict[str, ExitPolicy]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def search_samples(samples: pd.DataFrame, query: str, limit: int = 200) -> pd.DataFrame:
-    """Samples whose text (or text pair) contains every word of ``query`` (case-insensitive)."""
+def text_mask(samples: pd.DataFrame, query: str) -> np.ndarray:
+    """(N,) bool: which samples' text (or text pair) contains every word of ``query`` (case-insensitive); all of
+    them for a query without words."""
     words = [w for w in query.lower().split() if w]
+    hit = np.ones(len(samples), dtype=bool)
     if not words:
-        return samples.head(0)
+        return hit
     text = samples["text"].str.lower()
     if "text_pair" in samples:
         text = text + " " + samples["text_pair"].fillna("").str.lower()
-    hit = np.ones(len(samples), dtype=bool)
     for w in words:
         hit &= text.str.contains(w, regex=False).to_numpy()
-    return samples[hit].head(limit)
+    return hit
+
+
+def search_samples(samples: pd.DataFrame, query: str, limit: int = 200) -> pd.DataFrame:
+    """Samples whose text (or text pair) contains every word of ``query`` (case-insensitive)."""
+    if not query.split():
+        return samples.head(0)
+    return samples[text_mask(samples, query)].head(limit)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sample table and the selections made on charts (app/selection.py holds the selection itself)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sample_table(trace, decision, policy: ExitPolicy) -> pd.DataFrame:
+    """One row per sample under ``policy``: sample_id, text, (true: the class name), answer (at the exit), exit_layer,
+    (bucket, right), and the signals at the exit: entropy, dr, edr (at the policy's λ), max_prob. The label columns
+    (true, bucket, right) only with labels (``trace.labelled``)."""
+    names = np.asarray(trace.label_names, dtype=object)
+    rows = np.arange(trace.num_samples)
+    e = np.asarray(decision.exit_layer)
+    sig = signals(trace, policy.lambda_)
+    out = pd.DataFrame({"sample_id": trace.samples["sample_id"].to_numpy(), "text": trace.samples["text"].to_numpy()})
+    if "text_pair" in trace.samples:
+        out["text_pair"] = trace.samples["text_pair"].to_numpy()
+    if trace.labelled:
+        out["true"] = names[trace.labels]
+    out["answer"] = names[np.asarray(decision.pred)]
+    out["exit_layer"] = e
+    if trace.labelled:
+        from analysis import taxonomy
+
+        tax = taxonomy.error_buckets(trace, decision)
+        out["bucket"] = tax["bucket"].to_numpy()
+        out["right"] = tax["correct"].to_numpy()
+    for name in ("entropy", "dr", "edr", "max_prob"):
+        out[name] = sig[name][rows, e - 1]
+    return out
+
+
+def filter_samples(table: pd.DataFrame, *, true=None, answer=None, layers: tuple[int, int] | None = None,
+                   buckets=None, right: bool | None = None, query: str = "") -> pd.DataFrame:
+    """The rows of a ``sample_table`` that pass every filter given: true class and answer among the given names,
+    exit layer in ``layers`` (inclusive), bucket among ``buckets``, right or wrong, and text containing every word of
+    ``query``. None (or an empty list, or a blank query) does not filter; label filters on a table without labels
+    are ignored."""
+    keep = np.ones(len(table), dtype=bool)
+    if true and "true" in table:
+        keep &= table["true"].isin(list(true)).to_numpy()
+    if answer:
+        keep &= table["answer"].isin(list(answer)).to_numpy()
+    if layers is not None:
+        keep &= table["exit_layer"].between(int(layers[0]), int(layers[1])).to_numpy()
+    if buckets and "bucket" in table:
+        keep &= table["bucket"].isin(list(buckets)).to_numpy()
+    if right is not None and "right" in table:
+        keep &= (table["right"] == bool(right)).to_numpy()
+    if query.strip():
+        keep &= text_mask(table, query)
+    return table[keep]
+
+
+LOG_FLOOR = 1e-6  # signals are drawn on a log scale from here (a zero entropy is drawn at 1e-6)
+
+
+def signal_bins(values: np.ndarray, *, tau: float | None = None, log_x: bool = True,
+                bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """The bins of the Trade-off page's per-layer histograms: (bin index of every value (N, L) in 0..bins-1, the
+    bin edges (bins + 1,), on the drawn scale: log10 of the values when ``log_x``). One range for every layer, from
+    the smallest to the largest value, stretched to include τ; a value on an inner edge belongs to the bin on its
+    right (as in ``np.histogram``)."""
+    values = np.asarray(values, dtype=np.float64)
+    x = np.log10(np.clip(values, LOG_FLOOR, None)) if log_x else values
+    finite = x[np.isfinite(x)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if tau is not None and tau > 0:
+        t = np.log10(max(tau, LOG_FLOOR)) if log_x else tau
+        lo, hi = min(lo, t), max(hi, t)
+    hi = hi if hi > lo else lo + 1.0
+    edges = np.linspace(lo, hi, bins + 1)
+    index = np.clip(np.searchsorted(edges, np.clip(x, lo, hi), side="right") - 1, 0, bins - 1)
+    return index, edges
+
+
+
+def bin_samples(index: np.ndarray, picks, *, correct: np.ndarray | None = None,
+                active: np.ndarray | None = None) -> np.ndarray:
+    """Rows in the histogram bins ``picks`` (``signal_bins``' index (N, L)): each pick (layer 1-based, bin, right)
+    names the samples at that layer in that bin, right (True) or wrong (False) at that layer, or either (None), and
+    still running there when ``active`` (N, L) is given. Returns the sorted rows of their union."""
+    index = np.asarray(index)
+    hit = np.zeros(index.shape[0], dtype=bool)
+    for layer, b, ok in picks:
+        m = int(layer) - 1
+        here = index[:, m] == int(b)
+        if ok is not None and correct is not None:
+            here &= np.asarray(correct)[:, m] == bool(ok)
+        if active is not None:
+            here &= np.asarray(active)[:, m]
+        hit |= here
+    return np.flatnonzero(hit)
 
 
 SMALL_TRACE = 50  # below this many labelled samples, percentages move in coarse steps: say so
@@ -277,3 +379,44 @@ def playground_examples(trace, limit: int = 300) -> dict[str, str]:
     unsure = np.flatnonzero(ok)
     out["ambiguous"] = texts[unsure[int(np.argmax(entropy[unsure]))]]
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two policies side by side (the Policy diff page)
+# ---------------------------------------------------------------------------------------------------------
+
+DIFF_OUTCOMES = ("only A right", "only B right", "both right", "both wrong")
+
+
+def policy_diff(trace, a: ExitPolicy, b: ExitPolicy) -> pd.DataFrame:
+    """Per sample: where policies ``a`` and ``b`` let it out, what each answers, whether each is right, and the
+    outcome (``DIFF_OUTCOMES``: only A right, only B right, both right, both wrong). Needs labels."""
+    from analysis.policies import decide_exits
+
+    da, db = decide_exits(trace.wide, a), decide_exits(trace.wide, b)
+    labels = np.asarray(trace.labels)
+    ra, rb = da.pred == labels, db.pred == labels
+    outcome = np.select([ra & ~rb, rb & ~ra, ra & rb], DIFF_OUTCOMES[:3], DIFF_OUTCOMES[3])
+    return pd.DataFrame({"sample_id": trace.samples["sample_id"].to_numpy(), "label": labels,
+                         "exit_a": da.exit_layer, "answer_a": da.pred, "right_a": ra,
+                         "exit_b": db.exit_layer, "answer_b": db.pred, "right_b": rb, "outcome": outcome})
+
+
+def diff_counts(diff: pd.DataFrame) -> dict[str, int]:
+    """How many samples fall in each of ``DIFF_OUTCOMES`` (all four keys, zeros included)."""
+    counts = diff["outcome"].value_counts()
+    return {o: int(counts.get(o, 0)) for o in DIFF_OUTCOMES}
+
+
+def best_lambda(curves: pd.DataFrame, max_speedup: float = 3.0) -> float | None:
+    """The λ whose DE3-BERT frontier has the best AUC over speed-ups 1..``max_speedup`` on these curves (ties: the
+    smaller λ), or None when no λ reaches it. Chosen on the curves' own trace: a description, not a tuned result."""
+    from analysis.curves import frontier, frontier_auc
+
+    rows = curves[curves["policy"] == DE3]
+    best = None
+    for lam in sorted(rows["lambda_"].dropna().unique()):
+        auc = frontier_auc(frontier(curves, DE3, float(lam)), max_speedup)
+        if not math.isnan(auc) and (best is None or auc > best[1] + 1e-12):
+            best = (float(lam), auc)
+    return None if best is None else best[0]

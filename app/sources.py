@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -312,6 +313,71 @@ def compute_trace(source: TraceSource, model, tokenizer, folder: Path,
         write_trace(model, tokenizer, split, folder, label_names=list(data.label_names), metric=data.metric,
                     info=info, progress=False, on_progress=on_progress)
     return folder
+
+
+# ---- fit exits on an upload: ``analysis.attach`` from the app ----------------------------------------------------
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")  # "name" or "owner/name"
+
+
+def attach_model(typed: str) -> str:
+    """The model to attach exits to, as typed in the app: an offline name (``minilm-l6``), a folder inside the
+    allowed roots (returned resolved), or a Hugging Face id (returned as typed; loading it needs the network or
+    the hub cache). Raises ``DE3Error`` naming what to type otherwise."""
+    from analysis.backbones import OFFLINE_BACKBONES
+
+    typed = typed.strip()
+    if not typed:
+        raise DE3Error("type a model: minilm-l6 (offline), a folder holding a fine-tuned classifier, or a Hugging "
+                       "Face id such as textattack/bert-base-uncased-SST-2")
+    if typed in OFFLINE_BACKBONES:
+        return typed
+    path = _under_repo(typed)
+    if path_kind(path) == "dir" or typed.startswith(("/", ".", "~")):
+        path = check_allowed(path, typed, "model folder")
+        if path_kind(path) != "dir":
+            raise DE3Error(f"model folder {shorten(typed, 120)} not found; type a folder holding a Hugging Face "
+                           "model (config.json and its weights)")
+        return str(path)
+    if not HUB_ID.match(typed):
+        raise DE3Error(f"{shorten(typed, 80)!r} is neither a folder nor a Hugging Face id (owner/name, letters, "
+                       "digits, . - _); type minilm-l6, a folder, or an id")
+    return typed
+
+
+def attached_folder(model: str, data: TraceSource) -> Path:
+    """Where the exits fitted on ``data`` (an uploaded file) for ``model`` live: ``<cache>/attached/<model>-on-<file>-
+    <hash>``; the hash covers the model (a folder's weights file too), the file and its column choices."""
+    stamp = weights_stamp(Path(model)) if Path(model).is_absolute() else None
+    payload = {"v": CACHE_VERSION, "model": model, "stamp": stamp, **data.key()}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    slug = lambda text: re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:30] or "model"
+    stem = Path(data.display_name or Path(data.data).name).stem
+    return cache_root() / "attached" / f"{slug(Path(model).name)}-on-{slug(stem)}-{digest}"
+
+
+def fit_exits(model: str, data: TraceSource, *, device: str = "auto",
+              on_progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = print) -> TraceSource:
+    """``analysis.attach.attach`` of ``model`` (``attach_model``'s answer) on an uploaded labelled file, into
+    ``attached_folder`` (reused when it is there already); returns the source of the new checkpoint's held-out test
+    split (its own data: the file, split 80/10/10 as training splits a file)."""
+    from analysis.attach import attach
+    from analysis.data import load_data
+
+    if not is_data_file(data) or data.label_column is None:
+        raise DE3Error("fitting exits needs an uploaded file with a label column")
+    folder = attached_folder(model, data)
+    if path_kind(folder / "model.safetensors") != "file":
+        path = data_file_of(data)
+        options = {"text_columns": list(data.text_columns) if data.text_columns else None,
+                   "label_column": data.label_column, "header": data.header}
+        try:
+            bundle = load_data(str(path), **options)
+            attach(model, bundle, folder, device=device, data_info={"spec": str(path), **options, "seed": 42},
+                   progress=False, on_progress=on_progress, log=log)
+        except DE3Error as exc:  # an upload is stored under a hash: name it as the user knows it
+            raise type(exc)(in_app_words(str(exc), path, data.display_name)) from None
+    return TraceSource(checkpoint=str(folder), data=OWN_DATA, split="test")
 
 
 def safe_display_name(name: str, limit: int = 100) -> str:

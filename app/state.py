@@ -14,9 +14,13 @@ widgets a policy shows is read from its ``PolicySpec``. Nothing here is cached a
 and trace never see a policy.
 
 URL: the first run of a session reads ``st.query_params`` (policy, tau, lambda, patience, layer, ckpt,
-data, split, sample, map_layer, color, bucket); a number outside its declared range (``URL_NUMBERS``) is ignored
-with a warning. Every run writes the current values back, so the address bar always holds a link that reopens the
-same view.
+data, split, sample, map_layer, color, bucket, slices); a number outside its declared range (``URL_NUMBERS``) is
+ignored with a warning, and so is a bad named slice (``app/selection.py``: ``slices=name:1,4,7-12;other:3``, read
+once the trace is loaded, since its ids must be samples of it). Every run writes the current values back, so the
+address bar always holds a link that reopens the same view.
+
+The current selection of samples and the named slices are ``app/selection.py``'s; the frame shows them in the
+sidebar on every page (``selection_sidebar``) and forgets them when another trace opens (``selection.follow``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import streamlit as st
 from analysis.errors import DE3Error, one_line, shorten
 from analysis.policies import DE3, REGISTRY, ExitPolicy
 from analysis.validate import POLICY, RUN, BadNumber, Range
-from app import cache, derive, sources
+from app import cache, derive, selection, sources
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -215,6 +219,7 @@ def read_query_params() -> list[str]:
         changes["max_samples"] = max_samples
     if changes:
         set_source(replace(src, **changes))
+    selection.read_link(qp.get("slices"))  # checked against the trace once it is loaded (``run``)
     return problems
 
 
@@ -240,11 +245,14 @@ def desired_query_params(num_layers: int | None = None) -> dict[str, str]:
         out["split"] = src.split
     if src.max_samples:
         out["max_samples"] = str(src.max_samples)
+    slices = selection.url_value()
+    if slices:
+        out["slices"] = slices
     return out
 
 
 SOURCE_PARAMS = ("ckpt", "data", "data_dir", "split", "max_samples")  # the URL keys read into the TraceSource
-URL_KEYS = ("policy", *URL_POLICY_FIELDS, *PAGE_PARAMS, *SOURCE_PARAMS)
+URL_KEYS = ("policy", *URL_POLICY_FIELDS, *PAGE_PARAMS, *SOURCE_PARAMS, "slices")
 
 
 def apply_settings(settings) -> list[str]:
@@ -268,6 +276,7 @@ def apply_settings(settings) -> list[str]:
         kept[key] = value if isinstance(value, str) else f"{value:g}"
     for key in ("policy", "page", "source", "_url_read", "_ctx"):
         st.session_state.pop(key, None)
+    selection.forget()  # the settings' own slices, if any, are read with the rest
     st.query_params.from_dict(kept)
     return problems
 
@@ -436,6 +445,48 @@ def has_labels(ctx: Context, what: str) -> bool:
     return False
 
 
+# ---- the sidebar: the current selection and the named slices -------------------------------------------------
+
+
+def _save_slice() -> None:
+    current = selection.current()
+    problem = selection.save_slice(st.session_state.get("w_slice_name", ""), current.ids if current else ())
+    st.session_state["_slice_problem"] = problem
+    if problem is None:
+        st.session_state["w_slice_name"] = ""
+
+
+def selection_sidebar(ctx: Context, where=None) -> None:
+    """One line on every page: the current selection (how many samples, where they were picked), to clear, open in
+    the Samples table or save as a named slice; under it the slices, one click each to select again. Drawn into
+    ``where`` (a sidebar container kept for it) after the page ran, so a selection the page just made is shown."""
+    if not ctx.ok:
+        return
+    sb = where if where is not None else st.sidebar
+    current = selection.current()
+    if current is None:
+        sb.caption("**Selection**: none — click a bucket bar, a confusion-matrix cell or a histogram bin, draw on the "
+                   "map, or filter the Samples table.")
+    else:
+        sb.markdown(f"**Selection**: {current.describe()}")
+        c1, c2 = sb.columns(2)
+        c1.button("clear", key="w_sel_clear", on_click=selection.clear, type="tertiary", icon=":material/close:")
+        c2.page_link("app/pages/samples.py", label="in the table", icon=":material/table_rows:")
+        with sb.popover("Save as a named slice", icon=":material/bookmark_add:", width="stretch"):
+            st.text_input("Slice name", key="w_slice_name", max_chars=40, placeholder="e.g. confident mistakes")
+            st.button("Save", key="w_slice_save", on_click=_save_slice, type="primary")
+    problem = st.session_state.pop("_slice_problem", None)
+    if problem:
+        sb.warning(problem)
+    saved = selection.slices()
+    if saved:
+        sb.caption("**Slices** (in the link; click one to select it again)")
+        for name, ids in saved.items():
+            active = current is not None and current.ids == ids
+            sb.button(f"{name} · {len(ids)}", key=f"w_slice_use_{name}", on_click=selection.use_slice, args=(name,),
+                      type="secondary" if active else "tertiary", icon=":material/bookmark:")
+
+
 # ---- the frame around every page ---------------------------------------------------------------------------
 
 
@@ -444,15 +495,20 @@ def run(page) -> None:
     problems = read_query_params()
     cache.warm_up_umap()
     ctx = load_context()
-    for problem in problems:
+    if ctx.ok:
+        selection.follow(ctx.ref.folder)  # another trace: the selection and slices of the last one are forgotten
+        problems.append(selection.apply_link(ctx.trace.num_samples))
+    for problem in filter(None, problems):
         st.warning(problem)
     num_layers = ctx.trace.num_layers if ctx.ok else sources.checkpoint_layers(ctx.source.checkpoint)
     policy = policy_sidebar(num_layers)
     if policy != ctx.policy:  # a callback or a clamp changed it: keep the context in step
         ctx.policy = policy
     operating_point_sidebar(ctx)
+    selection_slot = st.sidebar.container()
     try:
         page.run()
+        selection_sidebar(ctx, selection_slot)
     finally:
         write_query_params(num_layers)
         st.session_state.pop("_ctx", None)  # the trace is cached; do not keep a copy per idle session

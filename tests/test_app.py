@@ -78,7 +78,7 @@ def test_overview_shows_the_default_trace_and_reacts_to_tau():
     at = ok(app())
     assert "DE3-BERT" in at.title[0].value
     assert any("sst2-minilm-l6" in c.value and "872 samples" in c.value for c in at.caption)
-    assert len(charts(at)) == 2  # each exit's metric, exit-layer distribution
+    assert len(charts(at)) == 3  # each exit's metric, exit-layer distribution, the exit flow
     assert at.select_slider(key="w_tau_de3").value == 0.2
     assert at.selectbox(key="w_policy").value == "de3"
     before = number(metric(at, "speed-up"))
@@ -135,11 +135,14 @@ def test_prototype_map_layers_colours_and_selection():
     assert values(moved["x"]) != values(protos["x"])  # another layer, another map
     ok(at.segmented_control(key="w_map_color").set_value("correct").run())
     assert any(t.get("name", "").startswith("right") for t in charts(at)[0]["data"])
-    at.session_state["map_selected"] = [7]  # what the chart's on_select callback stores
+    from app.selection import Selection
+
+    at.session_state["selection"] = Selection((7,), "test")  # what a lasso on the map (or any page) makes
     ok(at.run())
     names = [t.get("name", "") for t in charts(at)[0]["data"]]
     assert any(n.startswith("r1 = ") for n in names) and any(n.startswith("r2 = ") for n in names)
-    assert len(at.dataframe) == 1 and at.button(key="map_inspect").label == "Inspect sample 7"
+    assert len(at.dataframe) == 2  # the selection's listing, sample 7's nearest neighbours
+    assert at.button(key="map_inspect").label == "Inspect sample 7"
     ok(at.button(key="map_inspect").click().run())
     assert at.title[0].value == "Sample inspector" and any("Sample 7" in h.value for h in at.subheader)
 
@@ -231,6 +234,61 @@ def test_cuda_is_offered_only_where_there_is_one():
 
     options = at.segmented_control(key="w_device").options
     assert ("cuda" in options) == torch.cuda.is_available()
+
+
+def test_exit_flow_moves_with_tau():
+    at = ok(app())
+    flow = next(c for c in charts(at) if c["data"][0]["type"] == "sankey")["data"][0]
+    into_2 = int(flow["node"]["label"][1].split("<br>")[1].split()[0])
+    ok(at.select_slider(key="w_tau_de3").set_value(0.05).run())  # more careful: more samples go on to layer 2
+    flow = next(c for c in charts(at) if c["data"][0]["type"] == "sankey")["data"][0]
+    assert int(flow["node"]["label"][1].split("<br>")[1].split()[0]) > into_2
+    assert flow["node"]["label"][0] == "layer 1<br>872 in"
+
+
+def test_policy_diff_counts_equal_a_hand_count():
+    """The page's counts and interval are those of derive.policy_diff / compare.paired_bootstrap on the same two
+    settings, which a direct count over the trace reproduces."""
+    import numpy as np
+
+    from analysis.compare import paired_bootstrap
+    from analysis.curves import best_setting_at, default_grid, sweep
+    from analysis.policies import decide_exits
+    from analysis.trace import load_trace
+
+    at = goto(app(), "policy_diff")
+    assert at.title[0].value == "Policy diff"
+    got = {m.label: m.value for m in at.metric}
+    trace = load_trace(CHECKPOINT / "trace-test")
+    curves = sweep(trace, default_grid(trace))
+    lam = at.selectbox(key="pd_lambda").value
+    a, b = best_setting_at(curves, "de3", 2.0, lambda_=lam), best_setting_at(curves, "entropy", 2.0)
+    right_a = decide_exits(trace.wide, a).pred == trace.labels
+    right_b = decide_exits(trace.wide, b).pred == trace.labels
+    assert int(got["only A right"]) == int((right_a & ~right_b).sum())
+    assert int(got["only B right"]) == int((right_b & ~right_a).sum())
+    boot = paired_bootstrap(trace, a, b)
+    assert got["Δ accuracy (A − B)"] == f"{100 * boot['diff']:+.2f} pts"
+    assert any(f"{100 * boot['low']:+.2f}" in m.value for m in at.markdown)
+    assert len(charts(at)) == 2  # exit layers side by side, one sample's signals
+    ok(at.select_slider(key="pd_target").set_value(3.0).run())
+    ok(at.selectbox(key="pd_b").set_value("pabee").run())  # PABEE cannot reach 3x here: said, not raised
+    assert any("cannot reach 3×" in w.value for w in at.warning)
+
+
+def test_policy_diff_by_hand_on_a_small_trace():
+    import numpy as np
+
+    from analysis.policies import ExitPolicy
+    from app.derive import diff_counts, policy_diff
+
+    trace = _synthetic_trace([[1, 1, 1], [0, 1, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0]])
+    a, b = ExitPolicy("static", layer=1), ExitPolicy("static", layer=3)  # A answers at layer 1, B at layer 3
+    diff = policy_diff(trace, a, b)
+    assert diff["outcome"].tolist() == ["both right", "only B right", "only A right", "only B right", "both wrong"]
+    assert diff_counts(diff) == {"only A right": 1, "only B right": 2, "both right": 1, "both wrong": 1}
+    assert diff["exit_a"].tolist() == [1] * 5 and diff["exit_b"].tolist() == [3] * 5
+    assert np.array_equal(diff["right_a"].to_numpy(), np.array([1, 0, 1, 0, 0], dtype=bool))
 
 
 def test_the_default_shows_a_real_trade_off_and_wrong_early_exits():

@@ -97,3 +97,42 @@ def test_upload_messages_name_the_app_controls_not_command_line_flags():
     shown = [e.value for e in at.error]
     assert len(shown) == 1 and "never saw: 'calm'" in shown[0], shown
     assert "--" not in shown[0] and "Label column" in shown[0] and "moods.csv" in shown[0]
+
+
+MOODS = "text,label\n" + "".join(
+    f"what a wonderful sunny day number {i},happy\n" if i % 2 else f"a grey and miserable rainy day number {i},sad\n"
+    for i in range(40))
+
+
+def test_fit_exits_on_an_upload_opens_the_new_checkpoint_and_its_held_out_trace(cache):
+    at = upload(open_bbc(), "moods.csv", MOODS)
+    assert at.text_input(key="ov_fit_model").value == "minilm-l6"
+    at = ok(at.button(key="ov_fit").click().run())
+    assert not at.error, [e.value for e in at.error]
+    source = at.session_state["source"]
+    folder = cache / "attached"
+    assert source.data == "own" and source.split == "test" and source.checkpoint.startswith(str(folder))
+    assert "minilm-l6-on-moods-" in source.checkpoint
+    assert any("4 samples" in c.value and "happy, sad" in c.value for c in at.caption)  # the 10 % held out
+    for page in PAGES:
+        at = ok(at.switch_page(f"app/pages/{page}.py").run())
+        assert not at.error, (page, [e.value for e in at.error])
+
+
+def test_fit_exits_refuses_bad_models_in_one_line_and_writes_nothing(cache, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = upload(open_bbc(), "moods.csv", MOODS)
+    for typed, needle in (("", "type a model"), ("../../etc", "outside"), ("no such/model/at all", "neither a folder"),
+                          ("someone/no-such-model", "could not load 'someone/no-such-model'")):
+        at.text_input(key="ov_fit_model").set_value(typed)
+        at = ok(at.button(key="ov_fit").click().run())
+        shown = [e.value for e in at.error]
+        assert len(shown) == 1 and needle in shown[0], (typed, shown)
+        assert at.session_state["source"].checkpoint == BBC
+    assert not (cache / "attached").exists() or not any((cache / "attached").iterdir())
+
+
+def test_fit_exits_needs_a_label_column():
+    at = upload(open_bbc(), "no labels.csv", NO_LABELS)
+    assert any("needs a label column" in c.value for c in at.caption)
+    assert "ov_fit" not in [b.key for b in at.button]

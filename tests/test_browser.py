@@ -1,6 +1,7 @@
-"""One real-browser check: the app served by `streamlit run` on localhost, every page opened in headless Debian
+"""Real-browser checks: the app served by `streamlit run` on localhost, every page opened in headless Debian
 Chromium (driven by Playwright) for both shipped checkpoints, a Plotly chart rendered where the page has one, no error
-box, a screenshot each.
+box, a screenshot each; and the linked views: a selection made on a chart (a bucket bar clicked, a box drawn on the
+prototype map) filters the Samples table to exactly those rows.
 
 Screenshots go to $DE3_SCREENSHOTS (default: runs/screenshots/) to be looked at. Skips only outside CI when
 Chromium or Playwright is missing; in CI (CI=true) a missing browser is a failure.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +32,7 @@ PAGES = {
     "map": True,
     "inspector": True,
     "errors": True,
+    "samples": False,  # a table, no chart
     "playground": False,  # waits for a sentence
     "export": False,
 }
@@ -115,3 +118,106 @@ def test_every_page_renders_in_chromium(server):
         browser.close()
     assert not problems, "\n".join(problems) + f"\nserver log: {log.read_text()[-1500:]}"
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+# ---- linked views: a selection made on a chart filters the Samples table ---------------------------------------------
+
+
+def _idle(page) -> None:
+    """Wait until the app has finished its rerun (the status widget gone)."""
+    time.sleep(0.3)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+
+
+def _selection_line(page) -> str:
+    """The sidebar's "Selection: N samples — where" line, once a selection is set."""
+    line = page.locator('[data-testid="stSidebarUserContent"] [data-testid="stMarkdown"]',
+                        has_text=re.compile(r"Selection: \d"))
+    line.first.wait_for(timeout=120_000)
+    return line.first.inner_text()
+
+
+def _count(text: str) -> int:
+    return int(re.search(r"(\d[\d,]*) samples?", text).group(1).replace(",", ""))
+
+
+def _samples_shown(page) -> str:
+    """Go to the Samples page through the sidebar (the session keeps its selection); its "N of ... shown" line."""
+    page.locator('[data-testid="stSidebarNav"] a', has_text="Samples").first.click()
+    line = page.locator('[data-testid="stMarkdown"]', has_text=re.compile(r"samples shown"))
+    line.first.wait_for(timeout=120_000)
+    _idle(page)
+    return line.first.inner_text()
+
+
+@pytest.fixture
+def chromium_page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser.new_page(viewport={"width": 1440, "height": 900})
+        browser.close()
+
+
+def _no_new_traceback(log: Path, start: int) -> None:
+    """No traceback in what the server logged since ``start`` (bytes): this test's own part of the shared log."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        written = f.read().decode("utf-8", "replace")
+    assert "Traceback" not in written, written[-3000:]
+
+
+def _shots() -> Path:
+    shots = Path(os.environ.get("DE3_SCREENSHOTS", REPO / "runs" / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def test_a_bucket_bar_click_filters_the_sample_table(server, chromium_page):
+    """A bar clicked on the Misclassified page's bucket chart: the Samples page then shows exactly that bucket's
+    samples, as many as the sidebar says were selected (SST-2 at the default policy: 6 premature exits)."""
+    (url, log), page = server, chromium_page
+    start = log.stat().st_size
+    page.goto(f"{url}/errors", wait_until="domcontentloaded")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+    _idle(page)
+    bar = page.locator(".js-plotly-plot").first.locator("g.point path").nth(2)  # the third bucket: premature exit
+    bar.scroll_into_view_if_needed()
+    box = bar.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    line = _selection_line(page)
+    assert "bucket: premature exit" in line, line
+    chosen = _count(line)
+    shown = _samples_shown(page)
+    assert shown.startswith(f"{chosen} of the selection's {chosen} samples shown"), (line, shown)
+    page.screenshot(path=str(_shots() / "linked-bucket-samples.png"), full_page=True)
+    _no_new_traceback(log, start)
+
+
+def test_a_box_on_the_map_filters_the_sample_table(server, chromium_page):
+    """A box drawn on the prototype map with Plotly's box-select tool (picked in the modebar): the Samples page then
+    shows exactly the samples in the box, as many as the sidebar says were selected."""
+    (url, log), page = server, chromium_page
+    start = log.stat().st_size
+    page.goto(f"{url}/map?method=pca", wait_until="domcontentloaded")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+    _idle(page)
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    plot.hover()
+    page.locator('.js-plotly-plot .modebar-btn[data-title="Box Select"]').first.click()
+    area = plot.locator(".nsewdrag").first.bounding_box()
+    x0, y0 = area["x"] + 0.3 * area["width"], area["y"] + 0.3 * area["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x0 + 0.35 * area["width"], y0 + 0.35 * area["height"], steps=10)
+    page.mouse.up()
+    line = _selection_line(page)
+    chosen = _count(line)
+    assert chosen > 0, line
+    page.screenshot(path=str(_shots() / "linked-map-box.png"), full_page=True)
+    shown = _samples_shown(page)
+    assert shown.startswith(f"{chosen} of the selection's {chosen} samples shown"), (line, shown)
+    page.screenshot(path=str(_shots() / "linked-map-samples.png"), full_page=True)
+    _no_new_traceback(log, start)

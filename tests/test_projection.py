@@ -8,8 +8,10 @@ import pytest
 from analysis.errors import DE3Error
 from analysis.projection import (
     ProjectionConfig,
+    _fit_umap,
     effective_method,
     project_layer,
+    project_layers,
     subsample,
 )
 
@@ -90,7 +92,7 @@ def test_tiny_inputs_fall_back_to_pca():
 
 
 @pytest.mark.parametrize("kwargs", [dict(method="tsne"), dict(n_neighbors=1), dict(min_dist=2.0),
-                                    dict(max_points=1), dict(metric="manhattan")])
+                                    dict(max_points=1), dict(metric="manhattan"), dict(align="yes")])
 def test_bad_config_is_a_user_error(kwargs):
     with pytest.raises(DE3Error):
         ProjectionConfig(**kwargs)
@@ -109,3 +111,38 @@ def test_bad_inputs_are_user_errors():
 def test_config_is_hashable():
     assert hash(ProjectionConfig()) == hash(ProjectionConfig())
     assert ProjectionConfig(method="pca") != ProjectionConfig()
+
+
+def test_umap_on_precomputed_distances_builds_the_same_neighbour_graph():
+    """The fast path (the distance matrix handed to UMAP) builds the graph UMAP builds from the metric (to float
+    rounding; the layout's 500 steps of SGD may then amplify that rounding into another, equally good, layout)."""
+    emb, protos, _ = blobs(n_per_class=20)
+    x = np.concatenate([emb.astype(np.float32), protos])
+    for metric in ("euclidean", "cosine"):
+        cfg = ProjectionConfig(method="umap", n_neighbors=8, seed=3, metric=metric)
+        fast, slow = _fit_umap(x, cfg, precomputed=True).graph_, _fit_umap(x, cfg).graph_
+        assert (fast != 0).toarray().tolist() == (slow != 0).toarray().tolist()  # the same edges
+        assert abs(fast - slow).max() < 1e-4
+
+
+def test_umap_started_from_another_map_stays_near_it_and_is_deterministic():
+    emb, protos, labels = blobs(n_per_class=20)
+    cfg = ProjectionConfig(method="umap", n_neighbors=8, seed=5)
+    first, first_protos = project_layer(emb, protos, cfg)
+    start = np.concatenate([first, first_protos])
+    again, again_protos = project_layer(emb, protos, cfg, init=start)
+    np.testing.assert_array_equal(again, project_layer(emb, protos, cfg, init=start)[0])
+    for k in range(3):  # the same data from its own map: each class stays in one place, its prototype with it
+        nearest = np.argsort(np.linalg.norm(again - again_protos[k], axis=1))[:5]
+        assert (labels[nearest] == k).all()
+
+
+def test_layer_maps_refuse_a_layer_they_do_not_have():
+    emb, protos, _ = blobs()
+    maps = project_layers(np.stack([emb, emb]), np.stack([protos, protos]), ProjectionConfig(method="pca"))
+    assert maps.num_layers == 2 and maps.path(3).shape == (2, 2)
+    for bad in (0, 3):
+        with pytest.raises(DE3Error, match="mapped layers 1..2"):
+            maps.layer(bad)
+    with pytest.raises(DE3Error, match="same L"):
+        project_layers(np.stack([emb, emb]), protos[None], ProjectionConfig(method="pca"))

@@ -7,7 +7,7 @@ import streamlit as st
 
 from analysis.curves import evaluate_policy
 from analysis.policies import REGISTRY, decide_exits
-from app import cache, charts, derive, state
+from app import cache, charts, derive, selection, state
 
 
 def _set_sample(value: int) -> None:
@@ -25,10 +25,14 @@ def _on_hit() -> None:
 
 
 def picker(trace, decision) -> int:
-    """Sample by id, by text search, or stepping through; the choice is kept in the page state (and URL)."""
+    """Sample by id, by text search, or stepping through (through the current selection when there is one); the
+    choice is kept in the page state (and URL)."""
     n = trace.num_samples
     current = int(min(max(int(state.page_settings().sample or 0), 0), n - 1))
     state.set_page(sample=current)
+    chosen = selection.current()
+    steps = chosen.ids if chosen is not None else range(n)  # what ◀ ▶ step through
+    before, after = selection.step(steps, current, -1), selection.step(steps, current, +1)
     c1, c2, c3 = st.columns([1, 2, 1.4])
     st.session_state["w_insp_id"] = current
     c1.number_input(f"Sample id (0–{n - 1})", 0, n - 1, key="w_insp_id", on_change=_on_id)
@@ -44,18 +48,26 @@ def picker(trace, decision) -> int:
     with c3:
         st.write("")
         b1, b2, b3 = st.columns([1, 1, 2])
-        if b1.button("◀", key="insp_prev", help="previous sample", disabled=current == 0):
-            _set_sample(current - 1)
+        among = " in the selection" if chosen is not None else ""
+        if b1.button("◀", key="insp_prev", help=f"previous sample{among}", disabled=before is None):
+            _set_sample(before)
             st.rerun()
-        if b2.button("▶", key="insp_next", help="next sample", disabled=current == n - 1):
-            _set_sample(current + 1)
+        if b2.button("▶", key="insp_next", help=f"next sample{among}", disabled=after is None):
+            _set_sample(after)
             st.rerun()
         wrong = np.flatnonzero(decision.pred != trace.labels) if trace.labelled else np.array([], dtype=int)
+        if chosen is not None:
+            wrong = wrong[chosen.mask(trace.samples["sample_id"].to_numpy()[wrong])]
         if b3.button("next ✗", key="insp_wrong", disabled=len(wrong) == 0,
-                     help="next sample the current policy gets wrong" if trace.labelled else "needs labels"):
+                     help=f"next sample{among} the current policy gets wrong" if trace.labelled else "needs labels"):
             later = wrong[wrong > current]
             _set_sample(int(later[0] if len(later) else wrong[0]))
             st.rerun()
+    if chosen is not None:
+        where = (f"sample {current} is {chosen.ids.index(current) + 1} of {len(chosen)}" if current in chosen.ids
+                 else f"sample {current} is not in it")
+        st.caption(f"◀ ▶ step through the **selection** ({chosen.describe()}): {where}. Clear it in the sidebar to "
+                   "step through every sample.")
     return int(state.page_settings().sample)
 
 

@@ -9,7 +9,7 @@ from analysis.curves import evaluate_policy
 from analysis.data import DEFAULT_LABEL_COLUMNS, DEFAULT_PAIR_COLUMNS, DEFAULT_TEXT_COLUMNS
 from analysis.errors import DE3Error, one_line
 from analysis.policies import decide_exits
-from app import cache, charts, derive, sources, state, text
+from app import cache, charts, derive, selection, sources, state, text
 
 OTHER = "Other folder…"
 NO_LABELS = "(none: predictions only)"  # offered when no column has a label column's usual name
@@ -85,12 +85,69 @@ def source_picker(current: sources.TraceSource) -> None:
         state.set_source(new)
         _forget_trace_settings()
         st.rerun()
+    if kind == "file":
+        fit_panel(extra)
+
+
+FIT_EXAMPLES = "minilm-l6 (offline), a folder such as runs/my-classifier, or a hub id such as textattack/bert-base-uncased-SST-2"
+
+
+def fit_panel(upload: dict) -> None:
+    """Fit exits on the uploaded file: DE3 exits attached to a frozen model (``analysis.attach``), then its trace."""
+    with st.container(border=True):
+        st.markdown("**…or fit new exits on this file.** DE3's exits are attached to a frozen model — the offline "
+                    "MiniLM, your own fine-tuned classifier (its head stays the last exit, answering exactly as "
+                    "before) or a Hugging Face id — and trained on 80 % of the rows; the other rows pick the best "
+                    "epoch and are traced. About a minute for 2,000 short texts on a CPU.")
+        if upload.get("label_column") is None:
+            st.caption("Fitting needs a label column: pick one above.")
+            return
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        st.session_state.setdefault("ov_fit_model", "minilm-l6")
+        typed = left.text_input("Model to attach exits to", key="ov_fit_model", help=FIT_EXAMPLES + ". Folders "
+                                "must lie inside pretrained/, runs/, the cache folder or $" + sources.ROOTS_ENV + ".")
+        if not right.button("Fit exits on my data", key="ov_fit", width="stretch"):
+            return
+        data = sources.TraceSource(**{k: v for k, v in upload.items() if k in ("data", "text_columns", "label_column",
+                                                                              "header", "display_name")})
+        bar = st.progress(0.0, text="loading the model…")
+        lines: list[str] = []
+
+        def cached(done: int, total: int) -> None:  # the backbone pass: most of the time
+            bar.progress(0.8 * done / total, text=f"running the frozen model once: {done} of {total} rows")
+
+        def log(line: str) -> None:
+            lines.append(line)
+            if line.startswith("epoch "):
+                bar.progress(0.9, text=f"training the exits on the cached vectors: {line.split('  ')[0]}")
+
+        try:
+            model = sources.attach_model(typed)
+            new = sources.fit_exits(model, data, device=state.device(), on_progress=cached, log=log)
+            bar.progress(1.0, text="exits fitted; tracing the held-out rows…")
+            ref = state.trace_with_progress(new)
+            cache.get_trace(ref)
+        except DE3Error as exc:
+            bar.empty()
+            st.error(sources.in_app_words(str(exc)))
+            return
+        except (OSError, ValueError) as exc:
+            bar.empty()
+            st.error(f"Could not fit exits for {typed.strip()!r}: {one_line(exc)}")
+            return
+        state.set_source(new)
+        _forget_trace_settings()
+        st.session_state.pop("ov_ckpt", None)  # the picker follows the new checkpoint
+        st.session_state.pop("ov_ckpt_path", None)
+        st.rerun()
 
 
 def _forget_trace_settings() -> None:
-    """Per-trace settings (the map, its selection) start afresh when another trace opens."""
-    for key in ("_ctx", "map_config", "map_selected"):
+    """Per-trace settings (the map, the selection of samples, the named slices) start afresh when another trace
+    opens."""
+    for key in ("_ctx", "map_config"):
         st.session_state.pop(key, None)
+    selection.forget()
 
 
 def _open_example() -> None:
@@ -216,6 +273,10 @@ def render() -> None:
         st.plotly_chart(charts.exit_distribution(decision.exit_layer, correct, num_layers=L), key="ov_exit_dist")
     if not (decision.exit_layer < L).any():
         st.warning(f"No sample exits before layer {L}: {derive.no_early_exit_hint(trace, policy)}.")
+    st.markdown(f"**How the samples flow through the layers** under {policy.describe()}: into each layer, out "
+                + ("right (green) or wrong (orange)" if trace.labelled else "(grey)")
+                + ", or on to the next. Move τ in the sidebar and watch the exits move up or down the network.")
+    st.plotly_chart(charts.exit_flow(decision.exit_layer, correct, num_layers=L), key="ov_flow")
     st.info("Next: move **τ** in the sidebar and watch the numbers change, or open the **Trade-off explorer** to see "
             "every policy's curve at once.", icon=":material/arrow_forward:")
     counts = np.bincount(decision.exit_layer - 1, minlength=L)

@@ -9,7 +9,7 @@ import streamlit as st
 from analysis.compare import format_vs_baseline_cell
 from analysis.curves import evaluate_policy
 from analysis.policies import REGISTRY, decide_exits
-from app import cache, charts, derive, state
+from app import cache, charts, derive, selection, state
 
 SPEEDUPS = (1.5, 2.0, 3.0)
 
@@ -162,8 +162,13 @@ def histograms(ctx) -> None:
         exit_layer = decide_exits(trace.wide, policy).exit_layer
         active = np.arange(1, L + 1)[None, :] <= exit_layer[:, None]
     correct = trace.wide["correct"] if trace.labelled else None
+    sample_ids = trace.samples["sample_id"].to_numpy()
+    take_bin_pick(values, correct, active, sample_ids, tau=tau, log_x=log_x, label=signal_names[chosen])
+    current = selection.current()
+    chosen_rows = current.mask(sample_ids) if current is not None else None
     st.plotly_chart(charts.signal_histograms(values, correct, tau=tau, signal_label=signal_names[chosen],
-                                             active=active, log_x=log_x), key="to_hist")
+                                             active=active, log_x=log_x, selected=chosen_rows), key="to_hist",
+                    on_select="rerun", selection_mode=("points", "box"))
     if tau is None:
         st.caption(f"{policy.label} does not compare {signal_names[chosen]} with τ, so there is no threshold line: "
                    "the histograms show how the signal is spread at each layer, "
@@ -172,6 +177,39 @@ def histograms(ctx) -> None:
         st.caption("The dashed line is τ: a sample left of it passes the exit test at that layer (and leaves at the "
                    "first such layer)." + (" Orange bars left of the line are the wrong answers that threshold "
                                             "lets out." if trace.labelled else ""))
+    st.caption("**Click a bar** (or use the box tool in the chart's toolbar) to select its samples"
+               + (" — the right or the wrong ones, as the bar's colour says" if trace.labelled else "")
+               + "; the purple outline is the current selection's share of each bin.")
+
+
+def take_bin_pick(values, correct, active, sample_ids, *, tau, log_x: bool, label: str) -> None:
+    """Bars clicked (or boxed) on the histograms, read from the chart's event before it is drawn again: the samples
+    in those bins -- at that layer, right or wrong there as the bar's colour, still running there when only those
+    are shown -- become the current selection. The bins are the chart's own (``derive.signal_bins``)."""
+    points = selection.new_points("to_hist", st.session_state.get("to_hist"))
+    picks = []
+    for p in points or []:
+        custom = p.get("customdata")
+        if isinstance(custom, list) and len(custom) == 4:
+            _, layer, b, group = custom
+            picks.append((int(layer), int(b), None if group == -1 else bool(group)))
+    if not picks:
+        return
+    index, edges = derive.signal_bins(values, tau=tau, log_x=log_x)
+    rows = derive.bin_samples(index, picks, correct=correct, active=active)
+    if len(picks) == 1:
+        layer, b, ok = picks[0]
+        lo, hi = (10 ** edges[b], 10 ** edges[b + 1]) if log_x else (edges[b], edges[b + 1])
+        verdict = "" if ok is None else (", right there" if ok else ", wrong there")
+        words = f"histogram: {label} {lo:.3g}–{hi:.3g} at layer {layer}{verdict}"
+    else:
+        layers = sorted({layer for layer, _, _ in picks})
+        words = f"histogram: {len(picks)} bars of {label} at layer{'s' if len(layers) > 1 else ''} " \
+                + ", ".join(map(str, layers))
+    if not len(rows):
+        st.toast(f"No sample in that bar ({words}).")
+        return
+    selection.select(sample_ids[rows], words, origin="to_hist")
 
 
 render()
