@@ -311,6 +311,12 @@ def test_signals_on_the_host_equal_the_trace_formulas():
                 want = getattr(ref, name)[0].numpy()
                 np.testing.assert_allclose(host[name], want, rtol=1e-5, atol=1e-6, err_msg=f"{distance} K={k} {name}")
                 np.testing.assert_array_equal(dev[name].numpy(), want, err_msg=f"{distance} K={k} {name}")
+            for i in range(len(logits)):  # one row (batch 1) takes the plain-float path: the same values
+                one = host_signals(logits[i : i + 1], emb[i : i + 1], protos, distance, SIGNALS)
+                for name in SIGNALS:
+                    assert one[name].shape == (1,) and one[name].dtype == host[name].dtype, name
+                    np.testing.assert_allclose(one[name], getattr(ref, name)[0].numpy()[i : i + 1], rtol=1e-5,
+                                               atol=1e-6, err_msg=f"one row {i}: {distance} K={k} {name}")
             # only what is asked for: no distances for a policy that reads none
             assert set(host_signals(logits, None, protos, distance, ("pred", "entropy"))) == {"pred", "entropy"}
 
