@@ -65,7 +65,8 @@ def server(tmp_path_factory):
     _requirements_or_skip()
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "DE3_CACHE_DIR": str(tmp_path_factory.mktemp("cache"))}  # uploads, traces and fitted exits: never ~/.cache
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
                                  "--server.port", str(port), "--server.address", "127.0.0.1"],
@@ -220,4 +221,34 @@ def test_a_box_on_the_map_filters_the_sample_table(server, chromium_page):
     shown = _samples_shown(page)
     assert shown.startswith(f"{chosen} of the selection's {chosen} samples shown"), (line, shown)
     page.screenshot(path=str(_shots() / "linked-map-samples.png"), full_page=True)
+    _no_new_traceback(log, start)
+
+
+def test_fit_exits_on_an_uploaded_file(server, chromium_page, tmp_path):
+    """The Overview's "Fit exits on my data": a labelled CSV uploaded, exits attached to the offline MiniLM, and the
+    new checkpoint's held-out rows open with their charts and no error."""
+    (url, log), page = server, chromium_page
+    start = log.stat().st_size
+    data = tmp_path / "moods.csv"
+    data.write_text("text,label\n" + "".join(
+        f"what a wonderful sunny day number {i},happy\n" if i % 2 else f"a grey and miserable rainy day number {i},sad\n"
+        for i in range(60)), encoding="utf-8")
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+    _idle(page)
+    page.get_by_text("Checkpoint, data and device").click()
+    page.get_by_text("Upload a CSV / TSV file").click()
+    page.locator('input[type="file"]').set_input_files(str(data))
+    button = page.get_by_role("button", name="Fit exits on my data")
+    button.wait_for(timeout=120_000)
+    _idle(page)
+    button.click()
+    page.wait_for_selector("text=minilm-l6-on-moods-", timeout=300_000)
+    _idle(page)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+    caption = page.locator('[data-testid="stCaptionContainer"]', has_text="minilm-l6-on-moods-").first.inner_text()
+    assert "test (6 samples" in caption, caption  # the 10 % held out of 60 rows
+    errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+    assert not errors.count(), errors.first.inner_text()[:300]
+    page.screenshot(path=str(_shots() / "fit-exits.png"), full_page=True)
     _no_new_traceback(log, start)
