@@ -196,7 +196,8 @@ UMAP_COMPILE_SECONDS = (20, 60)  # measured: a cold server on a 2-core machine, 
 @st.cache_resource(show_spinner=False)
 def warm_up_umap() -> threading.Thread | None:
     """Compile UMAP's numba code in the background at start-up (once per server process), so the first prototype
-    map does not wait for it. Off when ``DE3_APP_WARMUP=0`` (the tests).
+    map does not wait for it, then make the shipped default's layer maps (the map page's default settings) into the
+    cache. Off when ``DE3_APP_WARMUP=0`` (the tests).
 
     How long it takes, measured in new processes (numba's disk cache as installed) on a shared 2-core machine: 21 s,
     32 s and 55 s as other work on the cores grew; a cold server showed its first UMAP map 57 s after the first
@@ -205,6 +206,9 @@ def warm_up_umap() -> threading.Thread | None:
     if os.environ.get("DE3_APP_WARMUP", "1") == "0":
         return None
 
+    compiled = threading.Event()
+    log = logging.getLogger(__name__)
+
     def work() -> None:
         time.sleep(3)  # let the first page paint first
         start = time.monotonic()
@@ -212,19 +216,34 @@ def warm_up_umap() -> threading.Thread | None:
             rng = np.random.default_rng(0)
             project_layer(rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(3, 8)),
                           ProjectionConfig(method="umap", n_neighbors=5))
-            logging.getLogger(__name__).info("UMAP compiled in %.0f s", time.monotonic() - start)
+            log.info("UMAP compiled in %.0f s", time.monotonic() - start)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means the first real map compiles instead
-            logging.getLogger(__name__).info("UMAP warm-up failed: %s", exc)
+            log.info("UMAP warm-up failed: %s", exc)
+            return
+        finally:
+            compiled.set()
+        start = time.monotonic()
+        try:  # the shipped default's maps too, so a first visit to the Prototype map finds them made
+            from app import derive
+
+            source = sources.TraceSource()
+            if sources.shipped_trace(source) is not None:
+                ref = trace_ref(source)
+                get_layer_maps(ref, derive.projection_config(get_trace(ref), "umap"))
+                log.info("default maps made in %.0f s", time.monotonic() - start)
+        except Exception as exc:  # noqa: BLE001 - the map page then makes them on its first visit
+            log.info("default maps not made ahead: %s", exc)
 
     thread = threading.Thread(target=work, name="umap-warmup", daemon=True)
     thread.started = time.monotonic()  # when the server asked for it (the compile starts 3 s later)
+    thread.compiled = compiled
     thread.start()
     return thread
 
 
 def umap_ready() -> bool:
     thread = warm_up_umap()
-    return thread is None or not thread.is_alive()
+    return thread is None or thread.compiled.is_set()
 
 
 def umap_compiling_for() -> float:
