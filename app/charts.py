@@ -620,9 +620,11 @@ def diff_exit_layers(diff: pd.DataFrame, *, num_layers: int, name_a: str, name_b
     for outcome, grid in (("only A right", only_a), ("only B right", only_b)):
         part = diff[diff["outcome"] == outcome]
         np.add.at(grid, (part["exit_b"] - 1, part["exit_a"] - 1), 1)
-    text = [[f"{total[j, i]}" + (f"<br>A✓B✗ {only_a[j, i]} · A✗B✓ {only_b[j, i]}" if only_a[j, i] or only_b[j, i] else "")
+    # each cell: its samples, and (when any) how many only A / only B gets right there, short enough to read
+    text = [[f"{total[j, i]}" + (f"<br>A+{only_a[j, i]} B+{only_b[j, i]}" if only_a[j, i] or only_b[j, i] else "")
              if total[j, i] else "" for i in range(num_layers)] for j in range(num_layers)]
-    fig = go.Figure(go.Heatmap(z=total, x=layers, y=layers, text=text, texttemplate="%{text}", colorscale="Blues",
+    fig = go.Figure(go.Heatmap(z=total, x=layers, y=layers, text=text, texttemplate="%{text}", textfont=dict(size=12),
+                               colorscale="Blues",
                                showscale=False, customdata=np.dstack([only_a, only_b]),
                                hovertemplate=f"{name_a} exits at %{{x}}, {name_b} at %{{y}}: %{{z}} samples<br>"
                                              "only A right %{customdata[0]} · only B right %{customdata[1]}<extra></extra>"))

@@ -79,7 +79,8 @@ def render() -> None:
 
     left, right = st.columns([1, 1])
     with left:
-        st.markdown("**Where each lets the same samples out**")
+        st.markdown("**Where each lets the same samples out** — samples per pair of exit layers; *A+n B+m*: n that "
+                    "only A gets right there, m only B")
         st.plotly_chart(charts.diff_exit_layers(diff, num_layers=L, name_a=REGISTRY[name_a].short,
                                                 name_b=REGISTRY[name_b].short), key="pd_layers")
     with right:
@@ -131,7 +132,8 @@ def trajectory(trace, a: ExitPolicy, b: ExitPolicy, i: int, diff: pd.DataFrame) 
         if p.spec.threshold and p.spec.value_name in shown:
             fig.add_hline(y=max(p.tau, 1e-6), line=dict(color=charts.SIGNAL_COLORS.get(p.spec.value_name, "#333"),
                                                          dash="dot", width=1),
-                          annotation_text=f"τ of {'A' if p is a else 'B'} = {p.tau:.3g}", annotation_position="top left")
+                          annotation_text=f"τ of {'A' if p is a else 'B'} = {p.tau:.3g}",
+                          annotation_position="top left" if p is a else "bottom right")  # close τs: labels apart
     st.plotly_chart(fig, key="pd_signals")
 
 
