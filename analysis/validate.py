@@ -176,6 +176,7 @@ RUN: dict[str, Range] = {
     "speedup": Range(1),  # a target speed-up: L / mean exit layer >= 1
     "max_speedup": Range(1, lo_open=True),
     "n_boot": Range(1, 1_000_000, integer=True),
+    "seeds": Range(1, 20, integer=True),  # study: trained seeds per variant (each a full training run)
     "sample": Range(0, MAX_COUNT, integer=True),  # a 0-based sample index
 }
 

@@ -1,10 +1,17 @@
 """The SST-2 study's report, on synthetic traces (the real run takes tens of minutes: docs/results/sst2.md)."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 
+from analysis import compare
+from analysis.commands import main
+from analysis.commands import study
 from analysis.errors import DE3Error
-from analysis.commands.study import StudySettings, analyse, cmd_study
+from analysis.commands.study import (StudySettings, _fmt_interval, analyse, cmd_study, entropy_bins, exit_disagreement,
+                                     run_name, seed_interval, verdict_agreement)
 from analysis.tracer import trace_from_outputs
 
 
@@ -20,19 +27,50 @@ def synthetic(seed: int, split: str, n: int = 300, num_layers: int = 6):
     return trace
 
 
+def _seed_traces(j: int, i: int, split: str):
+    """The synthetic trace of seed index j, variant index i."""
+    return synthetic(100 * j + 10 * i + (split == "test"), split)
+
+
 def test_report_has_every_section(tmp_path):
+    settings = StudySettings(n_boot=200, seeds=2)
     work = tmp_path / "work"
     for i, variant in enumerate(("de3", "no_dar")):
-        for split in ("validation", "test"):
-            synthetic(10 * i + (split == "test"), split).save(work / variant / "traces" / split)
+        for j, seed in enumerate(settings.seed_list):
+            for split in ("validation", "test"):
+                _seed_traces(j, i, split).save(work / run_name(variant, seed, settings) / "traces" / split)
     out = tmp_path / "docs" / "sst2.md"
-    text = analyse(work, ["de3", "no_dar"], StudySettings(n_boot=200), {"de3": 60.0, "no_dar": 60.0}, out, log=lambda *_: None)
+    text = analyse(work, ["de3", "no_dar"], settings, {"de3": 60.0, "no_dar": 60.0, "de3-seed-43": 120.0}, out,
+                   log=lambda *_: None)
     assert out.read_text() == text and out.with_suffix(".png").stat().st_size > 10_000
-    for heading in ("## Setup", "## Every exit's accuracy", "## Matched speed-up", "## Is the difference real?",
-                    "## Ablations", "## Diagnostics", "## Findings"):
-        assert heading in text
+    headings = ("## Over the seeds", "## Setup", "## Every exit's accuracy", "## Matched speed-up", "## Is the difference real?",
+                "## Ablations", "## Diagnostics", "### Where DE3 and the entropy part ways at 2×",
+                "### Does the distance help where the entropy is overconfident?", "## Findings")
+    assert [text.index(h) for h in headings] == sorted(text.index(h) for h in headings)  # the headline on top
     assert "DE3-BERT (EDR) (λ=" in text and "oracle" in text.lower() and "95 % CI" in text
     assert "oracle frontier" in text and "Δ sentences" in text
+    assert "t(0.975, 1) = 12.71" in text and "| seed 42 | seed 43 |" in text and "seeds agreeing" in text
+    assert "| training time | de3: 1.0, 2.0 min; no_dar: 1.0, – min" in text and "| run time |" in text
+
+    # the headline's DE3 − entropy cell at 2× is seed_interval over the seeds' own comparisons (λ on each validation)
+    diffs = []
+    for j in range(2):
+        table = compare.compare(_seed_traces(j, 0, "test"), _seed_traces(j, 0, "validation"), (1.5, 2.0, 3.0),
+                                n_boot=10).table.set_index("policy")
+        diffs.append(table.loc["de3", "2x"] - table.loc["entropy", "2x"])
+    row = next(line for line in text.splitlines() if line.startswith("| DE3 − entropy (points) |"))
+    assert row.split("|")[3].strip() == _fmt_interval(seed_interval(diffs), 2, signed=True)
+
+
+def test_one_seed_report_shows_single_values(tmp_path):
+    settings = StudySettings(n_boot=50, seeds=1)
+    for split in ("validation", "test"):
+        synthetic(1 + (split == "test"), split).save(tmp_path / "work" / "de3" / "traces" / split)
+    text = analyse(tmp_path / "work", ["de3"], settings, {}, tmp_path / "r.md", log=lambda *_: None)
+    assert "one seed, so no interval" in text and "| mean of " not in text and "seeds' group edges" not in text
+    head = text[text.index("## Over the seeds"):text.index("## Setup")]
+    assert "[" not in head.split("| DeeBERT (entropy) |")[1].splitlines()[0]  # a single value, no interval
+    assert "| 2× | " in head and "1 of 1: " in head
 
 
 def test_bootstrap_section_reads_the_shared_matched_vs_baseline(tmp_path):
@@ -42,7 +80,7 @@ def test_bootstrap_section_reads_the_shared_matched_vs_baseline(tmp_path):
     work = tmp_path / "work"
     for split in ("validation", "test"):
         synthetic(1 + (split == "test"), split).save(work / "de3" / "traces" / split)
-    text = analyse(work, ["de3"], StudySettings(n_boot=100), {"de3": 1.0}, tmp_path / "r.md", log=lambda *_: None)
+    text = analyse(work, ["de3"], StudySettings(n_boot=100, seeds=1), {"de3": 1.0}, tmp_path / "r.md", log=lambda *_: None)
     test = synthetic(2, "test")
     comp = compare.compare(test, synthetic(1, "validation"), (1.5, 2.0, 3.0))
     vs = compare.matched_vs_baseline(test, comp.curves, (2.0,), lambda_=comp.lambda_, baseline="maxprob",
@@ -62,3 +100,89 @@ def test_study_refuses_a_folder_without_sst2(tmp_path):
     Args.variants = "de3,nope"
     with pytest.raises(DE3Error, match="unknown variant"):
         cmd_study(Args())
+
+
+# ---- seeds: aggregation by hand, diagnostics, folders and the flag ----
+
+
+def test_seed_interval_by_hand():
+    got = seed_interval([0.80, 0.82, 0.84])  # mean 0.82, sd 0.02, t(0.975, 2) = 4.302652729911275
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)
+    assert got["n"] == 3 and got["mean"] == pytest.approx(0.82)
+    assert (got["low"], got["high"]) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    got = seed_interval([0.80, math.nan, 0.84])  # NaN (unreachable) left out: n = 2, t(0.975, 1) = 12.706204736174705
+    half = 12.706204736174705 * math.sqrt(0.0008) / math.sqrt(2)
+    assert got["n"] == 2 and (got["low"], got["high"]) == (pytest.approx(0.82 - half), pytest.approx(0.82 + half))
+    one = seed_interval([0.5])
+    assert one["mean"] == 0.5 and one["n"] == 1 and math.isnan(one["low"]) and math.isnan(one["high"])
+    assert seed_interval([math.nan, math.nan])["n"] == 0
+    assert _fmt_interval({"mean": 0.82, "low": 0.7703, "high": 0.8697, "n": 3}, 3) == "82.00 [77.03, 86.97]"
+    assert _fmt_interval({"mean": 0.82, "low": 0.7703, "high": 0.8697, "n": 2}, 3) == "82.00 [77.03, 86.97] (2 of 3 seeds)"
+    assert _fmt_interval({"mean": -0.0033, "low": -0.02, "high": 0.0134, "n": 2}, 2, signed=True) == "-0.33 [-2.00, +1.34]"
+    assert _fmt_interval(one, 1) == "50.00" and _fmt_interval({"n": 0}, 3) == "–"
+
+
+def test_verdict_agreement_by_hand():
+    nsd = "no significant difference"
+    a = verdict_agreement(["ahead", "ahead", nsd])
+    assert (a["better"], a["worse"], a["no difference"], a["verdict"], a["agree"], a["n"]) == (2, 0, 1, "better", 2, 3)
+    a = verdict_agreement(["behind", "unreachable", "behind"])
+    assert (a["worse"], a["unreachable"], a["verdict"], a["agree"], a["n"]) == (2, 1, "worse", 2, 2)
+    a = verdict_agreement(["ahead", "behind", nsd])
+    assert (a["verdict"], a["agree"], a["n"]) == ("split", 1, 3)
+    assert study._agreement_text(a) == "split: 1 better, 1 worse, 1 no difference"
+    assert study._agreement_text(verdict_agreement([nsd] * 3)) == "3 of 3: no difference"
+    a = verdict_agreement(["unreachable", "unreachable"])
+    assert (a["verdict"], a["agree"], a["n"]) == ("unreachable", 0, 0)
+
+
+def test_diagnostics_add_up_to_the_matched_table():
+    """At matched 2×, the entropy groups' accuracies average to each policy's 2× value in the matched table, and
+    'only DE3 right' − 'only entropy right' is their difference."""
+    test = synthetic(2, "test")
+    comp = compare.compare(test, synthetic(1, "validation"), (1.5, 2.0, 3.0), n_boot=10)
+    table = comp.table.set_index("policy")
+    bins = entropy_bins(test, comp.curves, comp.lambda_)
+    assert list(bins["bin"]) == [1, 2, 3, 4] and list(bins["samples"]) == [75] * 4
+    assert (bins["entropy_low"].to_numpy()[1:] >= bins["entropy_high"].to_numpy()[:-1]).all()
+    for column, policy in (("de3_acc", "de3"), ("entropy_acc", "entropy")):
+        assert (bins[column] * bins["samples"]).sum() / 300 == pytest.approx(table.loc[policy, "2x"])
+    part = exit_disagreement(test, comp.curves, comp.lambda_)
+    assert part["only_de3_right"] - part["only_entropy_right"] == pytest.approx(table.loc["de3", "2x"] - table.loc["entropy", "2x"])
+    assert part["exit_differs"] == pytest.approx(part["de3_later"] + part["de3_earlier"])
+    assert part["answer_differs"] <= part["exit_differs"] and "λ=" in part["de3_setting"]
+    far = exit_disagreement(test, comp.curves, comp.lambda_, speedup=50.0)  # nobody gets there
+    assert math.isnan(far["exit_differs"]) and far["de3_setting"] == ""
+    assert entropy_bins(test, comp.curves, comp.lambda_, speedup=50.0).empty
+
+
+def test_seed_folders_and_training_argv(tmp_path, monkeypatch):
+    """The first seed keeps the single-seed folder (old work folders stay reusable); each run trains with its seed."""
+    settings = StudySettings(seeds=3)
+    assert settings.seed_list == (42, 43, 44)
+    assert [run_name("de3", s, settings) for s in settings.seed_list] == ["de3", "de3-seed-43", "de3-seed-44"]
+    argv = study._train_argv(settings, "glue", tmp_path / "x", {}, tmp_path / "x.json", 43)
+    assert argv[argv.index("--seed") + 1] == "43"
+    monkeypatch.setattr(study, "_is_trained", lambda folder, settings, overrides, seed: True)
+    for name in ("de3", "de3-seed-43", "de3-seed-44"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"train_seconds": 60.0 * len(name)}))
+    assert study.train_variants(settings, "glue", tmp_path, ["de3"], retrain=False, log=lambda *_: None) == \
+        {"de3": 180.0, "de3-seed-43": 660.0, "de3-seed-44": 660.0}
+
+
+@pytest.mark.parametrize("value", ["0", "21", "1.5", "abc", "-1"])
+def test_bad_seeds_flag_is_one_line(value, tmp_path, capsys):
+    (tmp_path / "SST-2").mkdir()
+    code = main(["study", "--data-dir", str(tmp_path), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.md"),
+                 "--seeds", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --seeds: must be an integer in [1, 20]"), err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
+
+
+def test_seeds_flag_parses():
+    from analysis.commands import build_parser
+
+    assert build_parser().parse_args(["study", "--data-dir", "x", "--seeds", "5"]).seeds == 5
+    assert build_parser().parse_args(["study", "--data-dir", "x"]).seeds == StudySettings.seeds == 3

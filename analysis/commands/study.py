@@ -2,12 +2,18 @@
 
     python -m analysis study --data-dir ../shared/data/glue --work runs/study-sst2 --out docs/results/sst2.md
 
-For each variant (DE3-BERT with the default DAR, w/o DAR (alpha = 0), and the other DAR forms) it trains a
-checkpoint (skipped when the work folder already holds one trained with the same settings), traces the
-validation split (to choose lambda) and the GLUE dev set (the reported test split), and writes a Markdown
-report: matched speed-up table of every policy, per-layer accuracy, the oracle and its frontier, a metric-speed-up
-plot, paired bootstrap confidence intervals for DE3 against each baseline (``compare.matched_vs_baseline``), the ablations, and diagnostics on how much the
+For each variant (DE3-BERT with the default DAR, w/o DAR (alpha = 0), and the other DAR forms) and each seed
+(``--seeds N``: seed, seed + 1, ..., seed + N - 1) it trains a checkpoint (skipped when the work folder already
+holds one trained with the same settings), traces the validation split (to choose lambda, per seed) and the GLUE
+dev set (the reported test split), and writes a Markdown report: over the seeds, every policy's mean at matched
+speed-ups with a t-interval and each seed's paired-bootstrap verdict of DE3 against the entropy; for the first
+seed, the matched speed-up table of every policy, per-layer accuracy, the oracle and its frontier, a
+metric-speed-up plot and paired bootstrap confidence intervals for DE3 against each baseline
+(``compare.matched_vs_baseline``); the ablations; and diagnostics, averaged over the seeds, on how much the
 distance signal adds to the entropy.
+
+Work folder: ``<work>/<variant>`` holds the first seed's checkpoint (the layout of single-seed runs, so their
+checkpoints are reused), ``<work>/<variant>-seed-<s>`` each further seed's (``run_name``).
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 BASELINES = ("entropy", "maxprob", "pabee", "pcee", "dr", "static")
 SPEEDUPS = (1.5, 2.0, 3.0)
+DIAG_SPEEDUP = 2.0  # where the diagnostics compare DE3's and the entropy's exits
+VERDICTS = {"ahead": "better", "behind": "worse", "no significant difference": "no difference",
+            "unreachable": "unreachable"}  # matched_vs_baseline's verdict -> the report's word for DE3
 
 
 @dataclass(frozen=True)
@@ -53,24 +62,36 @@ class StudySettings:
     batch_size: int = 32
     max_length: int = 64
     max_train_samples: int | None = None
-    seed: int = 42
+    seed: int = 42  # the first seed
+    seeds: int = 3  # seeds seed, seed + 1, ..., seed + seeds - 1: one trained checkpoint per variant and seed
     threads_per_run: int = 1  # two 1-thread runs side by side beat one 2-thread run on a 2-core CPU
     parallel: int = 2
     n_boot: int = 1000
 
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(self.seed + i for i in range(self.seeds))
 
-def _train_argv(settings: StudySettings, data_dir: str, out: Path, overrides: dict, config_file: Path) -> list[str]:
+
+def run_name(variant: str, seed: int, settings: StudySettings) -> str:
+    """The work folder's name for one (variant, seed): the variant itself for the first seed (the single-seed
+    layout, so its checkpoints stay reusable), ``<variant>-seed-<s>`` for the others."""
+    return variant if seed == settings.seed else f"{variant}-seed-{seed}"
+
+
+def _train_argv(settings: StudySettings, data_dir: str, out: Path, overrides: dict, config_file: Path,
+                seed: int) -> list[str]:
     config_file.write_text(json.dumps({"model": overrides, "train": {"num_threads": settings.threads_per_run}}))
     argv = [sys.executable, "-m", "analysis", "train", "--data", settings.data, "--data-dir", data_dir,
             "--backbone", settings.backbone, "--out", str(out), "--epochs", str(settings.epochs),
             "--batch-size", str(settings.batch_size), "--max-length", str(settings.max_length),
-            "--seed", str(settings.seed), "--config", str(config_file), "--no-progress"]
+            "--seed", str(seed), "--config", str(config_file), "--no-progress"]
     if settings.max_train_samples:
         argv += ["--max-train-samples", str(settings.max_train_samples)]
     return argv
 
 
-def _is_trained(folder: Path, settings: StudySettings, overrides: dict) -> bool:
+def _is_trained(folder: Path, settings: StudySettings, overrides: dict, seed: int) -> bool:
     """A checkpoint from an earlier run with the same settings can be reused."""
     try:
         config, train_cfg, data, metrics = (read_json_object(folder / name) for name in
@@ -81,21 +102,24 @@ def _is_trained(folder: Path, settings: StudySettings, overrides: dict) -> bool:
     want = {"alpha": 1.0, "dar_form": "proto_ce", **overrides}
     return (all(config.get(k) == v for k, v in want.items()) and config.get("max_length") == settings.max_length
             and train_cfg.get("epochs") == settings.epochs and train_cfg.get("batch_size") == settings.batch_size
-            and train_cfg.get("seed") == settings.seed and data.get("max_train_samples") == settings.max_train_samples
+            and train_cfg.get("seed") == seed and data.get("max_train_samples") == settings.max_train_samples
             and "test" in metrics)
 
 
 def train_variants(settings: StudySettings, data_dir: str, work: Path, variants: list[str], retrain: bool, log=print) -> dict:
-    """Train the variants that need it, ``settings.parallel`` at a time, each as its own CLI process."""
+    """Train every (variant, seed) that needs it, ``settings.parallel`` at a time, each as its own CLI process,
+    the first seed of every variant first. Returns the training seconds keyed by ``run_name``."""
     work.mkdir(parents=True, exist_ok=True)
-    todo = [v for v in variants if retrain or not _is_trained(work / v, settings, VARIANTS[v][1])]
+    runs = {run_name(v, s, settings): (v, s) for s in settings.seed_list for v in variants}
+    todo = [name for name, (v, s) in runs.items() if retrain or not _is_trained(work / name, settings, VARIANTS[v][1], s)]
     seconds: dict[str, float] = {}
     running: list[tuple[str, subprocess.Popen, float]] = []
     queue = list(todo)
     while queue or running:
         while queue and len(running) < settings.parallel:
             name = queue.pop(0)
-            argv = _train_argv(settings, data_dir, work / name, VARIANTS[name][1], work / f"{name}.config.json")
+            variant, seed = runs[name]
+            argv = _train_argv(settings, data_dir, work / name, VARIANTS[variant][1], work / f"{name}.config.json", seed)
             logf = open(work / f"{name}.train.log", "w")
             log(f"training {name}: {' '.join(argv[1:])}  (log: {work / f'{name}.train.log'})")
             running.append((name, subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT), time.perf_counter()))
@@ -108,7 +132,7 @@ def train_variants(settings: StudySettings, data_dir: str, work: Path, variants:
                     raise DE3Error(f"training {name} failed (exit {proc.returncode}); see {work / f'{name}.train.log'}")
                 seconds[name] = time.perf_counter() - start
                 log(f"trained {name} in {seconds[name] / 60:.1f} min")
-    for name in variants:
+    for name in runs:
         if name not in seconds:
             seconds[name] = read_json_object(work / name / "metrics.json").get("train_seconds", math.nan)
     return seconds
@@ -140,14 +164,15 @@ def trace_variant(folder: Path, data_dir: str, log=print) -> dict[str, Path]:
 
 def signal_auroc(trace, lambda_: float) -> pd.DataFrame:
     """Per layer: how well each confidence signal separates right from wrong predictions (AUROC of −signal for
-    'correct'; 0.5 = no information), and the rank correlation of DR with entropy."""
+    'correct'; 0.5 = no information), and the rank correlation of DR with entropy. The column ``EDR`` is EDR at
+    ``lambda_`` (named without it, so that seeds with different λ average into one column)."""
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
     w = trace.wide
     correct = w["correct"]
     rows = []
-    signals = {"entropy": w["entropy"], "DR": w["dr"], f"EDR (λ={lambda_:g})": edr(w["dr"], w["entropy"], lambda_),
+    signals = {"entropy": w["entropy"], "DR": w["dr"], "EDR": edr(w["dr"], w["entropy"], lambda_),
                "1 − max prob": 1 - w["max_prob"]}
     for m in range(trace.num_layers):
         row = {"layer": m + 1, "accuracy": float(correct[:, m].mean())}
@@ -159,8 +184,150 @@ def signal_auroc(trace, lambda_: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _t_quantile(n: int, level: float = 0.95) -> float:
+    """The multiplier of a two-sided t-interval over ``n`` seeds: the (1 + level) / 2 quantile of Student's t with
+    n − 1 degrees of freedom (12.71 for 2 seeds, 4.30 for 3, 2.78 for 5 at 95 %); NaN below 2 seeds."""
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf((1 + level) / 2, n - 1)) if n > 1 else math.nan
+
+
+def seed_interval(values, level: float = 0.95) -> dict:
+    """The mean over seeds of one number, with its t-interval: mean ± t_{(1+level)/2, n−1} · sd / √n, sd the seeds'
+    standard deviation (n − 1 in the denominator). It describes the spread from one training run to the next, not
+    the sampling of the test sentences. A NaN (a seed where the number is undefined, e.g. a speed-up its policy
+    never reaches) is left out and ``n`` counts the seeds that remain; with one, ``low`` and ``high`` are NaN (one
+    run says nothing about the spread).
+
+    Returns ``{"mean", "low", "high", "n"}``.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1}
+    half = _t_quantile(n, level) * float(x.std(ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def verdict_agreement(verdicts) -> dict:
+    """How the seeds' paired-bootstrap verdicts of DE3 against a baseline agree (``matched_vs_baseline``'s
+    ``verdict``, one per seed): the count of each word of ``VERDICTS`` ("better", "worse", "no difference",
+    "unreachable"); ``verdict``, the most common word among the seeds that reach the speed-up ("split" when two
+    tie, "unreachable" when none does); ``agree``, how many seeds say it; ``n``, how many reach it."""
+    words = [VERDICTS[v] for v in verdicts]
+    counts = {w: words.count(w) for w in VERDICTS.values()}
+    reached = {w: c for w, c in counts.items() if w != "unreachable" and c}
+    top = sorted(reached.values(), reverse=True)
+    if not top:
+        verdict = "unreachable"
+    elif len(top) > 1 and top[0] == top[1]:
+        verdict = "split"
+    else:
+        verdict = max(reached, key=reached.get)
+    return {**counts, "verdict": verdict, "agree": top[0] if top else 0, "n": sum(reached.values())}
+
+
+def _agreement_text(a: dict) -> str:
+    if a["verdict"] == "unreachable":
+        return "no seed reaches it"
+    if a["verdict"] == "split":
+        return "split: " + ", ".join(f"{a[w]} {w}" for w in ("better", "worse", "no difference") if a[w])
+    return f"{a['agree']} of {a['n']}: {a['verdict']}"
+
+
+def _matched_exits(trace, curve_df: pd.DataFrame, lambda_: float, speedup: float):
+    """DE3's and the entropy's settings at a matched speed-up (each its best with speed-up ≥ ``speedup``, as
+    ``matched_vs_baseline`` takes them) and their exits: ``(de3, de3_decision, entropy, entropy_decision)``, or
+    None when either never gets there."""
+    from ..curves import best_setting_at
+    from ..policies import decide_exits
+
+    de3, ent = best_setting_at(curve_df, "de3", speedup, lambda_=lambda_), best_setting_at(curve_df, "entropy", speedup)
+    if de3 is None or ent is None:
+        return None
+    return de3, decide_exits(trace.wide, de3), ent, decide_exits(trace.wide, ent)
+
+
+def exit_disagreement(trace, curve_df: pd.DataFrame, lambda_: float, speedup: float = DIAG_SPEEDUP) -> dict:
+    """Where DE3 (EDR at ``lambda_``) and DeeBERT's entropy part ways at a matched speed-up (``_matched_exits``).
+
+    Returns
+    -------
+    dict
+        Shares of all samples: ``exit_differs`` (they leave at different layers), ``de3_later``, ``de3_earlier``,
+        ``answer_differs``, ``only_de3_right``, ``only_entropy_right``; and ``de3_setting``, ``entropy_setting``
+        (``ExitPolicy.describe``). The shares are NaN and the settings "" when either never reaches ``speedup``.
+    """
+    matched = _matched_exits(trace, curve_df, lambda_, speedup)
+    if matched is None:
+        return {**dict.fromkeys(("exit_differs", "de3_later", "de3_earlier", "answer_differs", "only_de3_right",
+                                 "only_entropy_right"), math.nan), "de3_setting": "", "entropy_setting": ""}
+    de3, a, ent, b = matched
+    labels = np.asarray(trace.labels)
+    right_a, right_b = a.pred == labels, b.pred == labels
+    return {"exit_differs": float(np.mean(a.exit_layer != b.exit_layer)),
+            "de3_later": float(np.mean(a.exit_layer > b.exit_layer)),
+            "de3_earlier": float(np.mean(a.exit_layer < b.exit_layer)),
+            "answer_differs": float(np.mean(a.pred != b.pred)),
+            "only_de3_right": float(np.mean(right_a & ~right_b)), "only_entropy_right": float(np.mean(right_b & ~right_a)),
+            "de3_setting": de3.describe(), "entropy_setting": ent.describe()}
+
+
+BIN_COLUMNS = ("bin", "samples", "entropy_low", "entropy_high", "entropy_acc", "de3_acc")
+
+
+def entropy_bins(trace, curve_df: pd.DataFrame, lambda_: float, speedup: float = DIAG_SPEEDUP, bins: int = 4) -> pd.DataFrame:
+    """Does the distance help where the entropy is overconfident? The samples in ``bins`` equal groups by the
+    entropy at the layer where DeeBERT's entropy policy lets them exit (bin 1: the lowest entropy, the most
+    confident), and per bin the accuracy of the entropy policy's answers and of DE3's, both at a matched speed-up
+    (``_matched_exits``). Ties in entropy are broken by sample order, so the bins are equal-sized.
+
+    Returns
+    -------
+    DataFrame
+        ``BIN_COLUMNS``: ``bin`` (1..bins), ``samples``, ``entropy_low`` / ``entropy_high`` (the bin's range),
+        ``entropy_acc``, ``de3_acc``; no rows when either policy never reaches ``speedup``.
+    """
+    matched = _matched_exits(trace, curve_df, lambda_, speedup)
+    if matched is None:
+        return pd.DataFrame(columns=list(BIN_COLUMNS))
+    _, a, _, b = matched
+    labels = np.asarray(trace.labels)
+    n = len(labels)
+    entropy = np.asarray(trace.wide["entropy"])[np.arange(n), b.exit_layer - 1]
+    which = np.empty(n, dtype=np.int64)
+    which[np.argsort(entropy, kind="stable")] = np.arange(n) * bins // n
+    rows = []
+    for k in range(bins):
+        sel = which == k
+        if not sel.any():  # fewer samples than bins
+            continue
+        rows.append({"bin": k + 1, "samples": int(sel.sum()), "entropy_low": float(entropy[sel].min()),
+                     "entropy_high": float(entropy[sel].max()), "entropy_acc": float(np.mean(b.pred[sel] == labels[sel])),
+                     "de3_acc": float(np.mean(a.pred[sel] == labels[sel]))})
+    return pd.DataFrame(rows, columns=list(BIN_COLUMNS))
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None or math.isnan(seconds) else f"{seconds / 60:.1f}"
+
+
+def _fmt_interval(summary: dict, total: int, signed: bool = False) -> str:
+    """A ``seed_interval`` ×100: "87.50 [86.90, 88.10]"; one seed: the value alone; "(2 of 3 seeds)" when some
+    seeds lack the number; "–" when none has it."""
+    if summary["n"] == 0:
+        return "–"
+    num = (lambda x: f"{100 * x:+.2f}") if signed else _fmt
+    text = num(summary["mean"]) + ("" if summary["n"] == 1 else f" [{num(summary['low'])}, {num(summary['high'])}]")
+    return text + (f" ({summary['n']} of {total} seeds)" if summary["n"] < total else "")
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -206,22 +373,85 @@ def _plot(curve_df: pd.DataFrame, lam: float, per_layer: pd.DataFrame, oracle: d
     plt.close(fig)
 
 
-def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: dict, out: Path, log=print) -> str:
-    """Write the Markdown report (and its plot beside it) from the traced variants; returns the Markdown."""
+def _vs(trace, comp, baseline: str, settings: StudySettings) -> pd.DataFrame:
+    """DE3 against one baseline at the study's speed-ups on one run (``compare.matched_vs_baseline``), by speed-up."""
+    return compare.matched_vs_baseline(trace, comp.curves, SPEEDUPS, lambda_=comp.lambda_, baseline=baseline,
+                                       policies=("de3",), n_boot=settings.n_boot, seed=settings.seed).set_index("speedup")
+
+
+def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: dict, out: Path, log=print,
+            started: float | None = None) -> str:
+    """Write the Markdown report (and its plot beside it) from the traced runs, every variant at every seed of
+    ``settings.seed_list`` (folders by ``run_name``); returns the Markdown. ``seconds``: training seconds by
+    ``run_name``; ``started``: the ``time.perf_counter()`` of the command's start, for the run time (default:
+    this call's)."""
     from ..trace import load_trace
 
-    main = variants[0]
-    test = {v: load_trace(work / v / "traces" / "test") for v in variants}
-    val = {v: load_trace(work / v / "traces" / "validation") for v in variants}
-    comparisons = {v: compare.compare(test[v], val[v], SPEEDUPS) for v in variants}
+    begun = time.perf_counter() if started is None else started
+    main, seeds = variants[0], settings.seed_list
+    first, n_seeds = seeds[0], len(seeds)
+    test, val = {}, {}
+    for s in seeds:
+        for v in variants:
+            folder = work / run_name(v, s, settings)
+            test[v, s], val[v, s] = (load_trace(folder / "traces" / split) for split in ("test", "validation"))
+    comps = {key: compare.compare(test[key], val[key], SPEEDUPS, n_boot=settings.n_boot, seed=settings.seed)
+             for key in test}  # λ chosen on each run's own validation trace
+    comparisons = {v: comps[v, first] for v in variants}  # the single-run sections show the first seed
     comp = comparisons[main]
     lam = comp.lambda_
-    t = test[main]
+    t = test[main, first]
+    lambdas = {s: comps[main, s].lambda_ for s in seeds}
+    tables = {s: comps[main, s].table.set_index("policy") for s in seeds}
+    vs_entropy = {s: _vs(test[main, s], comps[main, s], "entropy", settings) for s in seeds}
 
-    lines = [f"# SST-2 study: DE3-BERT against the baselines on GLUE dev ({t.num_samples} sentences)", ""]
-    lines += [f"Generated by `python -m analysis study --data-dir <GLUE folder> --work {work} --out {out}` on "
-              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Every number below is computed by that command from "
-              "the traces it writes; re-running it with the same settings on the same machine reproduces them.", ""]
+    def over_seeds(values, signed: bool = False) -> str:
+        return _fmt_interval(seed_interval(values), n_seeds, signed)
+
+    command = (f"python -m analysis study --data-dir <GLUE folder> --work {work} --out {out} "
+               f"--variants {','.join(variants)} --seeds {n_seeds}"
+               + (f" --epochs {settings.epochs}" if settings.epochs != StudySettings.epochs else "")
+               + (f" --max-train-samples {settings.max_train_samples}" if settings.max_train_samples else ""))
+    lines = [f"# SST-2 study: DE3-BERT against the baselines on GLUE dev ({t.num_samples} sentences, "
+             f"{n_seeds} seed{'s' if n_seeds > 1 else ''})", ""]
+    lines += [f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Every number below is "
+              "computed by that command from the traces it writes; re-running it with the same settings on the same "
+              "machine reproduces them.", ""]
+
+    # the headline: every policy over the seeds, and DE3 against the entropy seed by seed
+    cols = [*(f"{s:g}x" for s in SPEEDUPS), "auc"]
+    head = ["policy", *(f"{s:g}×" for s in SPEEDUPS), "AUC 1–3×"]
+    rows = []
+    for name, r in tables[first].iterrows():
+        label = r["label"] + (" (λ per seed)" if name == "de3" and n_seeds > 1 else f" (λ={lam:g})" if name == "de3" else "")
+        rows.append([label, *(over_seeds([tables[s].loc[name, c] for s in seeds]) for c in cols)])
+    rows.append(["DE3 − entropy (points)", *(over_seeds([tables[s].loc["de3", c] - tables[s].loc["entropy", c]
+                                                         for s in seeds], signed=True) for c in cols)])
+    interval = ("the mean over the seeds and, in brackets, its 95 % t-interval over seeds: mean ± t(0.975, n − 1) · "
+                f"sd / √n, with sd the seeds' standard deviation (n − 1 in the denominator; t(0.975, {n_seeds - 1}) = "
+                f"{_t_quantile(n_seeds):.2f}, so few seeds give wide intervals, and an accuracy's may pass 0 or 100) — "
+                "the spread from one training run to the next, not the sampling of dev sentences (the bootstrap below "
+                "covers that)"
+                if n_seeds > 1 else "the single run's value: one seed, so no interval (a spread needs two seeds or more)")
+    lines += [f"## Over the seeds: {VARIANTS[main][0]}", "",
+              f"Seeds {', '.join(map(str, seeds))}: each trains its own checkpoint of every variant, and DE3's λ is "
+              f"chosen on that seed's validation trace (never on dev): "
+              f"{', '.join(f'{lambdas[s]:g} (seed {s})' for s in seeds)}. Each cell is {interval}. Value at s = the "
+              "best dev accuracy among a policy's settings with speed-up ≥ s; a seed where a policy never reaches s "
+              "is left out and counted.", "", _md_table(pd.DataFrame(rows, columns=head)), ""]
+    verdict_rows = []
+    for s in SPEEDUPS:
+        cells = [vs_entropy[seed].loc[s] for seed in seeds]
+        a = verdict_agreement([c["verdict"] for c in cells])
+        verdict_rows.append([f"{s:g}×", *(VERDICTS[c["verdict"]] + ("" if c["verdict"] == "unreachable" else
+                                                                   f" ({100 * c['diff']:+.2f})") for c in cells),
+                             f"{a['better']} / {a['worse']} / {a['no difference']}", _agreement_text(a)])
+    lines += ["DE3 against DeeBERT's entropy, seed by seed: the paired-bootstrap verdict on dev (95 % percentile "
+              f"interval of the accuracy difference from {settings.n_boot:,} resamples of the sentences: better or "
+              "worse when it excludes 0), the difference in points in brackets, and how many seeds agree.", "",
+              _md_table(pd.DataFrame(verdict_rows, columns=["speed-up", *(f"seed {s}" for s in seeds),
+                                                            "better / worse / no difference", "seeds agreeing"])), ""]
+
     import torch
     import transformers
 
@@ -230,27 +460,36 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    run_time = (f"{(time.perf_counter() - begun) / 60:.1f} min from the command's start to this report (training "
+                "runs and traces already in the work folder are reused and cost nothing)" if started is not None else
+                f"{time.perf_counter() - begun:.0f} s for this report from traces already in the work folder")
     lines += ["## Setup", "",
               _md_table(pd.DataFrame([
                   ("backbone", f"{settings.backbone} (6 layers, hidden 384), mean pooling, token embeddings frozen"),
                   ("training data", "GLUE SST-2 train minus a 2,000-sentence validation slice"
                    + (f", subset of {settings.max_train_samples:,}" if settings.max_train_samples else " (65,349 sentences)")),
                   ("training", f"{settings.epochs} epoch(s), batch {settings.batch_size}, max length {settings.max_length}, "
-                   f"AdamW lr 5e-5 (backbone) / 1e-3 (heads), warm-up 10 %, seed {settings.seed}"),
+                   f"AdamW lr 5e-5 (backbone) / 1e-3 (heads), warm-up 10 %"),
+                  ("seeds", f"{', '.join(map(str, seeds))}: one checkpoint per variant and seed; the seed sets the "
+                   "training run's randomness, its batch order and its validation slice (and subset) (folders "
+                   f"`{main}`, " + (f"`{run_name(main, seeds[1], settings)}`, …" if n_seeds > 1 else "…") + ")"),
                   ("reported split", "GLUE SST-2 dev (872 sentences: 444 positive / 428 negative) — one sentence = 0.11 points"),
-                  ("λ for DE3", "chosen by AUC on the validation trace (never on dev)"),
+                  ("λ for DE3", "chosen by AUC on each seed's validation trace (never on dev)"),
                   ("hardware", f"{cpu}, {os.cpu_count()} cores, CPU only, {settings.threads_per_run} torch thread(s) per "
                    f"training run, {settings.parallel} runs side by side"),
                   ("software", f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}"),
-                  ("training time", ", ".join(f"{v}: {seconds.get(v, math.nan) / 60:.1f} min" for v in variants)),
+                  ("training time", "; ".join(f"{v}: " + ", ".join(_minutes(seconds.get(run_name(v, s, settings)))
+                                                                  for s in seeds) + " min" for v in variants)
+                   + (" (seeds in the order above)" if n_seeds > 1 else "")),
+                  ("run time", run_time),
               ], columns=["", ""])), ""]
 
     # per-layer accuracy of every variant
     per_layer = pd.DataFrame({"layer": comp.per_layer["layer"], "speed-up": [f"{s:.2f}x" for s in comp.per_layer["speedup"]]})
     for v in variants:
         per_layer[v] = [_fmt(x) for x in comparisons[v].per_layer["metric"]]
-    lines += ["## Every exit's accuracy on dev (%)", "", "Each column is one trained variant; each row answers every "
-              "sentence with that layer's classifier (a static exit).", "", _md_table(per_layer), ""]
+    lines += [f"## Every exit's accuracy on dev (%, seed {first})", "", "Each column is one trained variant; each row "
+              "answers every sentence with that layer's classifier (a static exit).", "", _md_table(per_layer), ""]
 
     # the main table
     table = comp.table
@@ -259,7 +498,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         name = r["label"] + (f" (λ={r['lambda_']:g})" if r["policy"] == "de3" else "")
         rows.append([name, *(_fmt(r[f"{s:g}x"]) for s in SPEEDUPS), _fmt(r["auc"]), r["note"] or ""])
     matched = pd.DataFrame(rows, columns=["policy", *(f"{s:g}×" for s in SPEEDUPS), "AUC 1–3×", "note"])
-    lines += [f"## Matched speed-up ({VARIANTS[main][0]})", "",
+    lines += [f"## Matched speed-up ({VARIANTS[main][0]}, seed {first})", "",
               "Value at s = the best dev accuracy among a policy's settings whose speed-up (L / mean exit layer) is ≥ s. "
               "AUC = the mean accuracy of that frontier over speed-ups 1–3×. The oracle sends each sentence to its first "
               "correct layer and one that no layer gets right to layer 1; its row is the oracle frontier (beyond the "
@@ -270,7 +509,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
 
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = out.with_suffix(".png")
-    _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path, f"SST-2 dev, {VARIANTS[main][0]}",
+    _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path, f"SST-2 dev, {VARIANTS[main][0]}, seed {first}",
           oracle_front=comp.oracle_front)
     lines += [f"![accuracy vs speed-up]({plot_path.name})", ""]
     if t.num_labels == 2:
@@ -278,9 +517,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
                   "samples identically and their curves coincide (the entropy's line lies under the other).", ""]
 
     # paired bootstrap: DE3 against each baseline at each matched speed-up (one function: compare.matched_vs_baseline)
-    vs = {name: compare.matched_vs_baseline(t, comp.curves, SPEEDUPS, lambda_=lam, baseline=name, policies=("de3",),
-                                           n_boot=settings.n_boot, seed=settings.seed).set_index("speedup")
-          for name in BASELINES}
+    vs = {name: vs_entropy[first] if name == "entropy" else _vs(t, comp, name, settings) for name in BASELINES}
     boot_rows = []
     for s in SPEEDUPS:
         for name in BASELINES:
@@ -291,39 +528,75 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
             verdict = f"DE3 {b['verdict']}" if b["verdict"] in ("ahead", "behind") else b["verdict"]
             boot_rows.append([f"{s:g}×", POLICY_LABELS[name], f"{100 * b['diff']:+.2f}",
                               f"[{100 * b['low']:+.2f}, {100 * b['high']:+.2f}]", f"{int(b['diff_samples']):+d}", verdict])
-    lines += ["## Is the difference real? Paired bootstrap on dev", "",
+    lines += [f"## Is the difference real? Paired bootstrap on dev (seed {first})", "",
               f"DE3-BERT minus each baseline, each at its best setting with speed-up ≥ s; 95 % percentile interval "
               f"from {settings.n_boot:,} resamples of the {t.num_samples} sentences (paired: both policies scored on the same "
               "resample); Δ sentences = DE3's right answers minus the baseline's.", "",
               _md_table(pd.DataFrame(boot_rows, columns=["speed-up", "baseline", "Δ accuracy (points)", "95 % CI",
                                                          "Δ sentences", "verdict"])), ""]
 
-    # ablations
+    # ablations, over the seeds
     abl = []
     for v in variants:
-        c = comparisons[v]
-        tab = c.table.set_index("policy")
         for name in ("de3", "entropy", "dr"):
-            r = tab.loc[name]
-            abl.append([v, VARIANTS[v][0], POLICY_LABELS[name] + (f" (λ={c.lambda_:g})" if name == "de3" else ""),
-                        *(_fmt(r[f"{s:g}x"]) for s in SPEEDUPS), _fmt(r["auc"])])
+            per_seed = [comps[v, s].table.set_index("policy").loc[name] for s in seeds]
+            lam_text = ", ".join(f"{comps[v, s].lambda_:g}" for s in seeds)
+            abl.append([v, VARIANTS[v][0], POLICY_LABELS[name] + (f" (λ={lam_text})" if name == "de3" else ""),
+                        *(over_seeds([r[c] for r in per_seed]) for c in cols)])
     lines += ["## Ablations: the DAR term", "",
               "Each variant is a separately trained model; the entropy rows show how the DAR term changes the "
-              "classifiers themselves, the DE3 rows what the distance adds on top.", "",
-              _md_table(pd.DataFrame(abl, columns=["variant", "training", "policy", *(f"{s:g}×" for s in SPEEDUPS), "AUC 1–3×"])), ""]
+              "classifiers themselves, the DE3 rows what the distance adds on top. Cells as in the table at the top "
+              f"({'mean over the seeds [95 % t-interval]; λ listed per seed' if n_seeds > 1 else 'one seed'}).", "",
+              _md_table(pd.DataFrame(abl, columns=["variant", "training", "policy", *head[1:]])), ""]
 
-    # diagnostics
-    diag = signal_auroc(t, lam)
+    # diagnostics, per seed and averaged
+    diag = pd.concat([signal_auroc(test[main, s], lambdas[s]) for s in seeds]).groupby("layer", as_index=False).mean()
     shown = diag.copy()
     for col in shown.columns[1:]:
         shown[col] = [f"{x:.3f}" if col != "accuracy" else _fmt(x) for x in shown[col]]
+    mean_of = f"mean over the {n_seeds} seeds" if n_seeds > 1 else f"seed {first}"
     lines += ["## Diagnostics: does the distance carry information the entropy lacks?", "",
               "AUROC of each signal (lower = more confident) for telling a layer's correct predictions from its wrong "
-              "ones on dev: 0.5 = no information. An exit signal is only as good as this separation at the layers "
-              "where samples would leave. The last column is the rank correlation of DR with entropy: near 1, DR "
-              "repeats what the entropy already says.", "", _md_table(shown), ""]
+              f"ones on dev ({mean_of}; EDR at each seed's own λ): 0.5 = no information. An exit signal is only as "
+              "good as this separation at the layers where samples would leave. The last column is the rank "
+              "correlation of DR with entropy: near 1, DR repeats what the entropy already says.", "", _md_table(shown), ""]
 
-    lines += ["## Findings", "", *_findings(comparisons, main, boot_rows, diag, lam), ""]
+    parts = {s: exit_disagreement(test[main, s], comps[main, s].curves, lambdas[s]) for s in seeds}
+    keys = ("exit_differs", "de3_later", "de3_earlier", "answer_differs", "only_de3_right", "only_entropy_right")
+    part_rows = [[f"seed {s}", parts[s]["de3_setting"] or "unreachable", parts[s]["entropy_setting"] or "unreachable",
+                  *(_fmt(parts[s][k], 1) for k in keys)] for s in seeds]
+    if n_seeds > 1:
+        part_rows.append([f"mean of {n_seeds} seeds", "", "", *(_fmt(seed_interval([parts[s][k] for s in seeds])["mean"], 1)
+                                                                for k in keys)])
+    lines += [f"### Where DE3 and the entropy part ways at {DIAG_SPEEDUP:g}×", "",
+              f"Both at their best setting with speed-up ≥ {DIAG_SPEEDUP:g}× (the settings the bootstrap compares); "
+              "% of the dev sentences that leave at a different layer (DE3 later / earlier), that get a different "
+              "answer, and that only DE3 or only the entropy gets right.", "",
+              _md_table(pd.DataFrame(part_rows, columns=["", "DE3 setting", "entropy setting", "other exit layer %",
+                                                         "DE3 later %", "DE3 earlier %", "other answer %",
+                                                         "only DE3 right %", "only entropy right %"])), ""]
+
+    bins = {s: entropy_bins(test[main, s], comps[main, s].curves, lambdas[s]) for s in seeds}
+    binned = [b.assign(ahead=b["de3_acc"] > b["entropy_acc"]) for b in bins.values() if len(b)]
+    bins_mean = pd.concat(binned).groupby("bin", as_index=False).mean() if binned else pd.DataFrame(columns=list(BIN_COLUMNS))
+    ahead = pd.concat(binned).groupby("bin")["ahead"].sum() if binned else pd.Series(dtype=float)
+    bin_rows = [[f"Q{int(r['bin'])}" + (" (most confident)" if r["bin"] == 1 else ""),
+                 f"{r['entropy_low']:.3f}–{r['entropy_high']:.3f}", f"{r['samples']:.0f}", _fmt(r["entropy_acc"]),
+                 _fmt(r["de3_acc"]), f"{100 * (r['de3_acc'] - r['entropy_acc']):+.2f}",
+                 f"{int(ahead[r['bin']])} of {len(binned)}"] for r in bins_mean.to_dict("records")]
+    edges = "; the entropy range is the mean of the seeds' group edges" if n_seeds > 1 else ""
+    lines += ["### Does the distance help where the entropy is overconfident?", "",
+              f"The dev sentences in four equal groups by their entropy at the layer where the entropy policy lets "
+              f"them exit (matched {DIAG_SPEEDUP:g}×; Q1 = lowest entropy, where a confident wrong answer is an "
+              f"overconfident one), and per group the accuracy of the entropy policy's answers and of DE3's "
+              f"({mean_of}{edges}). If the distance catches the entropy's overconfident mistakes, DE3 gains most "
+              "in the low-entropy groups.", "",
+              _md_table(pd.DataFrame(bin_rows, columns=["entropy group", "entropy at exit", "sentences",
+                                                        "entropy policy %", "DE3 %", "Δ (points)",
+                                                        "seeds DE3 ahead"])), ""]
+
+    lines += ["## Findings", "", *_findings(comparisons, main, boot_rows, diag, lambdas, tables, vs_entropy, parts,
+                                            bins_mean), ""]
     text = "\n".join(lines)
     with atomic_file(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -331,65 +604,89 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     return text
 
 
-def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame, lam: float) -> list[str]:
-    """Plain statements read off the numbers above (no claim without its number)."""
+def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame, lambdas: dict, tables: dict,
+              vs_entropy: dict, parts: dict, bins_mean: pd.DataFrame) -> list[str]:
+    """Plain statements read off the numbers above (no claim without its number). ``comparisons`` and
+    ``boot_rows``: the first seed's; ``diag``, ``parts`` and ``bins_mean``: the diagnostics (averaged over the
+    seeds); ``tables``, ``vs_entropy`` and ``lambdas``: the main variant's per seed."""
+    seeds = list(tables)
+    first, n_seeds = seeds[0], len(seeds)
     comp = comparisons[main]
     tab = comp.table.set_index("policy")
     out = []
     for s in SPEEDUPS:
         col = f"{s:g}x"
+        diff = seed_interval([tables[seed].loc["de3", col] - tables[seed].loc["entropy", col] for seed in seeds])
+        a = verdict_agreement([vs_entropy[seed].loc[s, "verdict"] for seed in seeds])
+        if n_seeds > 1:
+            out.append(f"- At {s:g}× over {n_seeds} seeds: DE3 − entropy {_fmt_interval(diff, n_seeds, signed=True)} "
+                       f"points (mean [95 % t-interval]); per-seed bootstrap verdicts: {_agreement_text(a)}.")
+    for s in SPEEDUPS:
+        col = f"{s:g}x"
         de3, ent = tab.loc["de3", col], tab.loc["entropy", col]
         best_name = tab.drop(index=["oracle"])[col].astype(float).idxmax()
-        out.append(f"- At {s:g}×: DE3-BERT {_fmt(de3)} %, DeeBERT entropy {_fmt(ent)} % "
+        out.append(f"- At {s:g}× (seed {first}): DE3-BERT {_fmt(de3)} %, DeeBERT entropy {_fmt(ent)} % "
                    f"(Δ {100 * (de3 - ent):+.2f} points); best real policy: {POLICY_LABELS[best_name]} "
                    f"({_fmt(tab.loc[best_name, col])} %); headroom to the oracle frontier "
                    f"{_fmt(tab.loc['oracle', col] - de3)} points.")
     sig = [r for r in boot_rows if r[-1] in ("DE3 ahead", "DE3 behind")]
-    out.append(f"- Significant differences (95 % CI excludes 0): {len(sig)} of {sum(1 for r in boot_rows if r[3] != 'unreachable')} "
-               "comparisons" + (": " + "; ".join(f"{r[0]} vs {r[1]}: {r[-1]} ({r[2]}, {r[4]} sentences)" for r in sig)
-                                if sig else "") + ".")
+    out.append(f"- Significant differences on seed {first} (95 % CI excludes 0): {len(sig)} of "
+               f"{sum(1 for r in boot_rows if r[3] != 'unreachable')} comparisons"
+               + (": " + "; ".join(f"{r[0]} vs {r[1]}: {r[-1]} ({r[2]}, {r[4]} sentences)" for r in sig) if sig else "") + ".")
     shallow = diag[diag["layer"] < diag["layer"].max()]
     out.append(f"- Mean AUROC over layers 1–{int(shallow['layer'].max())}: entropy {shallow['entropy'].mean():.3f}, "
-               f"DR {shallow['DR'].mean():.3f}, EDR {shallow[f'EDR (λ={lam:g})'].mean():.3f}; "
+               f"DR {shallow['DR'].mean():.3f}, EDR {shallow['EDR'].mean():.3f}; "
                f"Spearman(DR, entropy) {shallow['spearman(DR, entropy)'].mean():.2f} on average.")
     for v, c in comparisons.items():
         if v == main:
             continue
         t2 = c.table.set_index("policy")
-        out.append(f"- {VARIANTS[v][0]}: DE3 AUC {_fmt(t2.loc['de3', 'auc'])} vs {_fmt(tab.loc['de3', 'auc'])} for "
-                   f"{main}; entropy AUC {_fmt(t2.loc['entropy', 'auc'])} vs {_fmt(tab.loc['entropy', 'auc'])}.")
+        out.append(f"- {VARIANTS[v][0]} (seed {first}): DE3 AUC {_fmt(t2.loc['de3', 'auc'])} vs "
+                   f"{_fmt(tab.loc['de3', 'auc'])} for {main}; entropy AUC {_fmt(t2.loc['entropy', 'auc'])} vs "
+                   f"{_fmt(tab.loc['entropy', 'auc'])}.")
 
     # why (not): read off the diagnostics, stated only as far as the numbers go
-    ent_auc, dr_auc = shallow["entropy"].mean(), shallow["DR"].mean()
-    edr_auc = shallow[f"EDR (λ={lam:g})"].mean()
-    gains = (shallow[f"EDR (λ={lam:g})"] - shallow["entropy"]).to_numpy()
+    ent_auc, dr_auc, edr_auc = shallow["entropy"].mean(), shallow["DR"].mean(), shallow["EDR"].mean()
+    gains = (shallow["EDR"] - shallow["entropy"]).to_numpy()
     de3_auc, ent_curve_auc = tab.loc["de3", "auc"], tab.loc["entropy", "auc"]
     out += ["", "### Why DE3 does or does not beat the entropy here", ""]
-    out.append(f"- Validation chose λ = {lam:g}" + (" — the smallest value in the grid, i.e. EDR as close to the plain "
-               "entropy as allowed: on held-out data, adding more of the distance ratio made the trade-off worse."
-               if lam == min(curves.DEFAULT_LAMBDAS) else "."))
+    smallest = all(lam == min(curves.DEFAULT_LAMBDAS) for lam in lambdas.values())
+    out.append(f"- Validation chose λ = {', '.join(f'{lambdas[s]:g}' for s in seeds)}"
+               + (f" (seeds {', '.join(map(str, seeds))})" if n_seeds > 1 else "")
+               + (" — the smallest value in the grid, i.e. EDR as close to the plain entropy as allowed: on held-out "
+                  "data, adding more of the distance ratio made the trade-off worse." if smallest else "."))
     out.append(f"- As a confidence signal DR is {'weaker' if dr_auc < ent_auc else 'stronger'} than the entropy at the "
                f"layers where samples leave (mean AUROC {dr_auc:.3f} vs {ent_auc:.3f}), though it is only partly the "
-               f"same signal (Spearman {shallow['spearman(DR, entropy)'].mean():.2f}). Fused at λ = {lam:g}, EDR "
-               f"separates right from wrong {'slightly better' if edr_auc > ent_auc else 'no better'} than entropy "
-               f"(AUROC {edr_auc:.3f} vs {ent_auc:.3f}; per layer {', '.join(f'{g:+.3f}' for g in gains)}), a gain too "
-               "small to move the accuracy at a matched speed-up by more than a sentence or two.")
+               f"same signal (Spearman {shallow['spearman(DR, entropy)'].mean():.2f}). Fused at the chosen λ, EDR "
+               f"separates right from wrong {'slightly better' if edr_auc - ent_auc >= 0.0005 else 'no better'} than entropy "
+               f"(AUROC {edr_auc:.3f} vs {ent_auc:.3f}; per layer {', '.join(f'{g:+.3f}' for g in gains)}).")
+    mean = {k: seed_interval([parts[s][k] for s in seeds])["mean"] for k in
+            ("exit_differs", "answer_differs", "only_de3_right", "only_entropy_right")}
+    out.append(f"- At {DIAG_SPEEDUP:g}× the two policies exit {_fmt(mean['exit_differs'], 1)} % of the sentences at "
+               f"different layers but answer only {_fmt(mean['answer_differs'], 1)} % differently: "
+               f"{_fmt(mean['only_de3_right'], 1)} % only DE3 gets right, {_fmt(mean['only_entropy_right'], 1)} % only "
+               f"the entropy{' (means over the seeds)' if n_seeds > 1 else ''}.")
+    if len(bins_mean):
+        low, rest = bins_mean.iloc[0], bins_mean.iloc[1:]
+        out.append(f"- In the most confident quarter by the entropy at its exit, DE3 {_fmt(low['de3_acc'])} % vs the "
+                   f"entropy {_fmt(low['entropy_acc'])} % ({100 * (low['de3_acc'] - low['entropy_acc']):+.2f} points); "
+                   "in the other quarters " + ", ".join(f"{100 * (r['de3_acc'] - r['entropy_acc']):+.2f}"
+                                                        for r in rest.to_dict("records")) + " points.")
     entropy_like = {POLICY_LABELS[n] for n in ("entropy", "maxprob", "pcee")}
-    vs_entropy = [r for r in boot_rows if r[1] in entropy_like and r[3] != "unreachable"]
-    unsettled = all(r[-1] == "no significant difference" for r in vs_entropy)
+    vs_entropy_like = [r for r in boot_rows if r[1] in entropy_like and r[3] != "unreachable"]
+    unsettled = all(r[-1] == "no significant difference" for r in vs_entropy_like)
     wins = sorted({r[1] for r in sig if r[-1] == "DE3 ahead"})
-    out.append(f"- Net: DE3 AUC {_fmt(de3_auc)} vs entropy {_fmt(ent_curve_auc)} ({100 * (de3_auc - ent_curve_auc):+.2f} "
-               "points). " + ("Every matched-speed-up difference between DE3 and the entropy-based baselines (entropy, "
-               "max-probability, PCEE) lies inside its bootstrap interval" if unsettled else "Some matched-speed-up "
-               "differences to the entropy-based baselines are significant (table above)")
-               + (f"; the significant wins are over {', '.join(wins)}." if wins else "."))
+    out.append(f"- Net on seed {first}: DE3 AUC {_fmt(de3_auc)} vs entropy {_fmt(ent_curve_auc)} "
+               f"({100 * (de3_auc - ent_curve_auc):+.2f} points). " + ("Every matched-speed-up difference between DE3 "
+               "and the entropy-based baselines (entropy, max-probability, PCEE) lies inside its bootstrap interval"
+               if unsettled else "Some matched-speed-up differences to the entropy-based baselines are significant "
+               "(table above)") + (f"; the significant wins are over {', '.join(wins)}." if wins else "."))
     dar_effect = [(v, comparisons[v].table.set_index("policy").loc["entropy", "auc"]) for v in comparisons if v != main]
     if dar_effect:
-        out.append("- The DAR term changes the classifiers themselves: entropy-exit AUC " + ", ".join(
-            f"{_fmt(a)} ({v})" for v, a in dar_effect) + f" against {_fmt(ent_curve_auc)} ({main}). In this one-epoch "
-            "CPU setting the prototype loss does not make the distance a better exit signal than the entropy; the "
-            f"headroom to the oracle frontier ({_fmt(tab.loc['oracle', '3x'] - tab.loc['de3', '3x'])} points at 3×) is "
-            "what a better signal could still win.")
+        out.append(f"- The DAR term changes the classifiers themselves (seed {first}): entropy-exit AUC " + ", ".join(
+            f"{_fmt(a)} ({v})" for v, a in dar_effect) + f" against {_fmt(ent_curve_auc)} ({main}). The headroom to "
+            f"the oracle frontier ({_fmt(tab.loc['oracle', '3x'] - tab.loc['de3', '3x'])} points at 3×) is what a "
+            "better signal could still win.")
     return out
 
 
@@ -404,6 +701,9 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=flag(TRAIN["epochs"]), default=StudySettings.epochs)
     p.add_argument("--max-train-samples", type=flag(RUN["max_train_samples"]), help="train on a seeded subset (faster, weaker)")
     p.add_argument("--parallel", type=flag(RUN["parallel"]), default=StudySettings.parallel, help="training runs side by side")
+    p.add_argument("--seeds", type=flag(RUN["seeds"]), default=StudySettings.seeds,
+                   help=f"train every variant with this many seeds ({StudySettings.seed}, {StudySettings.seed + 1}, ...); "
+                        "the report gives the mean over seeds with a t-interval")
     p.add_argument("--retrain", action="store_true", help="retrain even when the work folder has a matching checkpoint")
     p.set_defaults(handler=cmd_study)
 
@@ -415,7 +715,8 @@ def cmd_study(args) -> int:
         raise DE3Error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
     if not (Path(args.data_dir) / "SST-2").is_dir() and not (Path(args.data_dir) / "sst-2").is_dir():
         raise DE3Error(f"{args.data_dir}: no SST-2 folder; point --data-dir at a GLUE folder such as ../shared/data/glue")
-    settings = StudySettings(epochs=args.epochs, max_train_samples=args.max_train_samples, parallel=args.parallel)
+    settings = StudySettings(epochs=args.epochs, max_train_samples=args.max_train_samples, parallel=args.parallel,
+                             seeds=args.seeds)
     work = Path(args.work)
     # before hours of training: the report (and its plot beside it) can be written and is no input; the work
     # folder can be written (its checkpoints and traces lock themselves, one training process each)
@@ -425,9 +726,10 @@ def cmd_study(args) -> int:
                          what="the plot", command="analysis study"):
         start = time.perf_counter()
         seconds = train_variants(settings, args.data_dir, work, variants, args.retrain)
-        for v in variants:
-            trace_variant(work / v, args.data_dir)
-        analyse(work, variants, settings, seconds, Path(args.out))
+        for s in settings.seed_list:
+            for v in variants:
+                trace_variant(work / run_name(v, s, settings), args.data_dir)
+        analyse(work, variants, settings, seconds, Path(args.out), started=start)
     print(f"study done in {(time.perf_counter() - start) / 60:.1f} min")
     return 0
 
