@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -186,3 +187,111 @@ def test_seeds_flag_parses():
 
     assert build_parser().parse_args(["study", "--data-dir", "x", "--seeds", "5"]).seeds == 5
     assert build_parser().parse_args(["study", "--data-dir", "x"]).seeds == StudySettings.seeds == 3
+
+
+# ---- any data: bbc, another GLUE task, a labelled file ----
+
+
+def test_short_names_and_words():
+    assert [study.short_name(s) for s in ("glue/sst2", "glue/SST-2", "bbc", "BBC", "data/My reviews.v2.csv")] == \
+        ["sst2", "sst2", "bbc", "bbc", "My-reviews.v2"]
+    words = study.data_words("glue/sst2")
+    assert (words.title, words.split, words.split_long, words.units, words.glue) == \
+        ("SST-2", "dev", "GLUE SST-2 dev", "sentences", True)
+    assert study.data_words("glue/mrpc").units == "samples"
+    words = study.data_words("bbc")
+    assert (words.title, words.split, words.split_long, words.units, words.glue) == \
+        ("bbc", "the test split", "the bbc test split", "samples", False)
+
+
+def test_training_argv_names_the_data(tmp_path):
+    """glue passes its --data-dir; bbc and a file pass --data and no --data-dir; a file's columns travel along."""
+    def argv(settings, data_dir):
+        return study._train_argv(settings, data_dir, tmp_path / "x", {}, tmp_path / "x.json", 42)
+
+    glue = argv(StudySettings(), "glue")
+    assert glue[glue.index("--data") + 1] == "glue/sst2" and glue[glue.index("--data-dir") + 1] == "glue"
+    bbc = argv(StudySettings(data="bbc"), None)
+    assert bbc[bbc.index("--data") + 1] == "bbc" and "--data-dir" not in bbc and "--text-column" not in bbc
+    f = argv(StudySettings(data="reviews.csv", text_columns=("title", "body"), label_column=2), None)
+    assert f[f.index("--data") + 1] == "reviews.csv" and "--data-dir" not in f
+    assert [f[i + 1] for i, a in enumerate(f) if a == "--text-column"] == ["title", "body"]
+    assert f[f.index("--label-column") + 1] == "2"
+
+
+def _fake_checkpoint(folder, spec, seed=42, **data):
+    folder.mkdir(parents=True)
+    files = {"config.json": {"de3": {"alpha": 1.0, "dar_form": "proto_ce", "max_length": StudySettings.max_length}},
+             "train_config.json": {"epochs": StudySettings.epochs, "batch_size": StudySettings.batch_size, "seed": seed},
+             "data.json": {"spec": spec, "max_train_samples": None, "text_columns": None, "label_column": None, **data},
+             "metrics.json": {"test": {"accuracy": 0.9}}}
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content))
+    return folder
+
+
+def test_a_checkpoint_of_other_data_is_not_reused(tmp_path):
+    sst2 = _fake_checkpoint(tmp_path / "sst2", "glue/sst2")
+    assert study._is_trained(sst2, StudySettings(), {}, 42)
+    assert study._is_trained(sst2, StudySettings(data="glue/SST-2"), {}, 42)  # the same task, spelt otherwise
+    assert not study._is_trained(sst2, StudySettings(data="bbc"), {}, 42)
+    assert not study._is_trained(sst2, StudySettings(data="glue/sst2"), {}, 43)
+    bbc = _fake_checkpoint(tmp_path / "bbc", "bbc")
+    assert study._is_trained(bbc, StudySettings(data="bbc"), {}, 42) and not study._is_trained(bbc, StudySettings(), {}, 42)
+    f = _fake_checkpoint(tmp_path / "file", "r.csv", text_columns=["body"])
+    assert study._is_trained(f, StudySettings(data="r.csv", text_columns=("body",)), {}, 42)
+    assert not study._is_trained(f, StudySettings(data="r.csv"), {}, 42)  # other columns
+    assert not study._is_trained(f, StudySettings(data="other.csv", text_columns=("body",)), {}, 42)
+
+
+def test_report_on_other_data_uses_its_words(tmp_path):
+    settings = StudySettings(data="bbc", n_boot=50, seeds=2)
+    work = tmp_path / "work"
+    for i, variant in enumerate(("de3", "no_dar")):
+        for j, seed in enumerate(settings.seed_list):
+            for split in ("validation", "test"):
+                trace = _seed_traces(j, i, split)
+                trace.meta["label_names"] = ["business", "tech"]
+                trace.save(work / run_name(variant, seed, settings) / "traces" / split)
+    text = analyse(work, ["de3", "no_dar"], settings, {}, tmp_path / "bbc.md", log=lambda *_: None)
+    for word in ("SST-2", "GLUE", "sentence"):
+        assert word not in text, word
+    assert not re.search(r"\bdev\b", text)
+    labels = np.asarray(_seed_traces(0, 0, "test").labels)
+    n1 = int(labels.sum())
+    counts = f"{max(n1, 300 - n1)} {'tech' if n1 >= 150 else 'business'} / {min(n1, 300 - n1)}"
+    assert text.startswith("# bbc study: DE3-BERT against the baselines on the bbc test split (300 samples, 2 seeds)")
+    assert f"| reported split | the bbc test split (300 samples: {counts}" in text and "one sample = 0.33 points" in text
+    assert "`python -m analysis study --data bbc --work " in text and "Δ samples" in text
+    assert "never on the test split" in text and "best test accuracy" in text
+
+
+def test_bad_data_is_one_line_and_writes_nothing(tmp_path, capsys):
+    for argv, message in ((["--data", str(tmp_path / "missing.csv")], "missing.csv"),
+                          (["--data", "glue/sst2"], "needs --data-dir"),
+                          (["--data", "glue/mrpc", "--data-dir", str(tmp_path)], "no MRPC folder"),
+                          (["--data", "bbc", "--text-column", "text"], "only to data files")):
+        code = main(["study", *argv, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.md")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+        assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
+
+
+def test_default_folders_follow_the_data(tmp_path, monkeypatch):
+    """No --work / --out: runs/study-<name> and docs/results/<name>.md (sst2's stay as they were)."""
+    from analysis.commands import build_parser
+
+    seen = {}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "train_variants", lambda settings, data_dir, work, *a, **k: seen.update(
+        settings=settings, data_dir=data_dir, work=work) or (_ for _ in ()).throw(DE3Error("stop")))
+    (tmp_path / "g" / "SST-2").mkdir(parents=True)
+    (tmp_path / "r.csv").write_text("body,stars\n" + "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40)))
+    for argv, work, data_dir in ((["--data-dir", "g"], "runs/study-sst2", "g"), (["--data", "bbc"], "runs/study-bbc", None),
+                                 (["--data", "r.csv", "--text-column", "body", "--label-column", "stars"], "runs/study-r", None)):
+        args = build_parser().parse_args(["study", *argv])
+        with pytest.raises(DE3Error, match="stop"):
+            cmd_study(args)
+        assert str(seen["work"]) == work and args.out == f"docs/results/{work.split('-', 1)[1]}.md"
+        assert seen["data_dir"] == data_dir and seen["settings"].data == args.data
+    assert seen["settings"].text_columns == ("body",) and seen["settings"].label_column == "stars"
