@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .. import compare, curves
+from ..data import spec_kind
 from ..errors import DE3Error
 from ..io import atomic_file, check_writable, claim_output, read_json_object
 from ..policies import POLICY_LABELS
@@ -80,16 +81,10 @@ class StudySettings:
         return tuple(self.seed + i for i in range(self.seeds))
 
 
-def _data_kind(spec: str) -> str:
-    from ..data import _spec_kind
-
-    return _spec_kind(spec)
-
-
 def short_name(spec: str) -> str:
     """A filesystem-safe short name of a data spec, for the default work folder and report: ``glue/sst2`` ->
     ``sst2``, ``bbc`` -> ``bbc``, ``data/My reviews.csv`` -> ``My-reviews``."""
-    kind = _data_kind(spec)
+    kind = spec_kind(spec)
     if kind == "glue":
         from ..data.sources import glue_task
 
@@ -104,7 +99,7 @@ def _data_key(spec) -> str | None:
     if not isinstance(spec, str):
         return None
     try:
-        kind = _data_kind(spec)
+        kind = spec_kind(spec)
         return f"glue/{short_name(spec)}" if kind == "glue" else "bbc" if kind == "bbc" else spec
     except DE3Error:
         return None
@@ -126,7 +121,7 @@ class DataWords:
 
 
 def data_words(spec: str) -> DataWords:
-    kind = _data_kind(spec)
+    kind = spec_kind(spec)
     if kind == "glue":
         from ..data.sources import glue_task
 
@@ -836,7 +831,7 @@ def cmd_study(args) -> int:
     spec = getattr(args, "data", None) or StudySettings.data
     data_dir = getattr(args, "data_dir", None)
     text_columns, label_column = getattr(args, "text_columns", None), getattr(args, "label_column", None)
-    kind = _data_kind(spec)
+    kind = spec_kind(spec)
     if kind != "file" and (text_columns or label_column is not None):
         raise DE3Error(f"--text-column and --label-column apply only to data files, not to --data {spec}")
     if kind == "glue":

@@ -129,7 +129,7 @@ def load_data(
     if max_train_samples is not None and max_train_samples < 1:
         raise DataError(f"{spec}: max_train_samples must be >= 1, got {max_train_samples}")
 
-    kind = _spec_kind(spec)
+    kind = spec_kind(spec)
     if kind != "file" and (text_columns is not None or label_column is not None or header is not None):
         raise DataError(f"{spec}: text_columns, label_column and header apply only to data files, not to {spec!r}")
     if kind != "file" and (validation_data is not None or test_data is not None):
@@ -169,7 +169,7 @@ def load_data(
     return bundle
 
 
-def _spec_kind(spec: str) -> str:
+def spec_kind(spec: str) -> str:
     """Which loader a spec means: ``"bbc"``, ``"glue"`` or ``"file"`` (anything else is a path)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"data spec must be 'bbc', 'glue/<task>' or a file path, got {spec!r}")
