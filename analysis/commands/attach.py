@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DE3Error
-from ..validate import MODEL, RUN, TRAIN, flag
-from .checkpoints import _add_data_args, _data_inputs, _data_kwargs, _existing, read_config_file
+from ..validate import RUN, TRAIN, flag
+from .checkpoints import (MODEL_FLAGS, _add_data_args, _data_inputs, _data_kwargs, _existing, add_model_args,
+                          read_config_file)
 
-MODEL_FLAGS = ("pooling", "alpha", "dar_form", "max_length")  # flags that set a ModelConfig field of the same name
-TRAIN_FLAGS = ("epochs", "batch_size", "lr_heads", "max_steps", "seed")  # ... and a TrainConfig field
+TRAIN_FLAGS = ("epochs", "batch_size", "lr_heads", "max_steps", "seed")  # flags that set a TrainConfig field
 SET_BY_ATTACH = ("backbone", "label_names", "final_head")  # ModelConfig fields attach fills in itself
 UNUSED = ("lr_backbone", "freeze_embeddings", "save_every")  # TrainConfig fields of a backbone attach never trains
 
@@ -34,11 +34,7 @@ def register(sub) -> None:
     a.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically when it exists)")
     a.add_argument("--config", help="JSON file {\"model\": {...ModelConfig}, \"train\": {...TrainConfig}}: the exits' "
                                     "settings; flags override it")
-    m = a.add_argument_group("exits (ModelConfig)")
-    m.add_argument("--pooling", choices=["mean", "cls"], help="token pooling before each trained exit [default: mean]")
-    m.add_argument("--alpha", type=flag(MODEL["alpha"]), help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
-    m.add_argument("--dar-form", choices=["proto_ce", "ratio", "margin"], help="DAR form [default: proto_ce]")
-    m.add_argument("--max-length", type=flag(MODEL["max_length"]), help="max tokens per input [default: 128]")
+    add_model_args(a.add_argument_group("exits (ModelConfig)"), exits="each trained exit")
     o = a.add_argument_group("optimisation of the heads (TrainConfig)")
     o.add_argument("--epochs", type=flag(TRAIN["epochs"]),
                    help=f"epochs over the cached vectors [default: {ATTACH_TRAIN_DEFAULTS['epochs']}]")

@@ -54,6 +54,14 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_training: bool) -> None:
                    help="the CSV/TSV file has no header row (choose columns by index)")
 
 
+def add_model_args(group, exits: str = "each exit") -> None:
+    """The ``MODEL_FLAGS``: the exits' ModelConfig fields a command line sets (train, attach)."""
+    group.add_argument("--pooling", choices=["mean", "cls"], help=f"token pooling before {exits} [default: mean]")
+    group.add_argument("--alpha", type=flag(MODEL["alpha"]), help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
+    group.add_argument("--dar-form", choices=["proto_ce", "ratio", "margin"], help="DAR form [default: proto_ce]")
+    group.add_argument("--max-length", type=flag(MODEL["max_length"]), help="max tokens per input [default: 128]")
+
+
 def register(sub) -> None:
     """Add ``train``, ``evaluate``, ``trace`` and ``compact`` to an argparse subparsers object."""
     from ..data import TRACE_SPLITS
@@ -70,11 +78,7 @@ def register(sub) -> None:
                    help="'minilm-l6' (offline, ships with pip), a Hugging Face model id, or a local folder")
     t.add_argument("--out", required=True, help="checkpoint folder to write (replaced atomically when it exists)")
     t.add_argument("--config", help="JSON file {\"model\": {...ModelConfig}, \"train\": {...TrainConfig}}; flags override it")
-    m = t.add_argument_group("model (ModelConfig)")
-    m.add_argument("--pooling", choices=["mean", "cls"], help="token pooling before each exit [default: mean]")
-    m.add_argument("--alpha", type=flag(MODEL["alpha"]), help="weight of the DAR loss; 0 = w/o DAR [default: 1.0]")
-    m.add_argument("--dar-form", choices=["proto_ce", "ratio", "margin"], help="DAR form [default: proto_ce]")
-    m.add_argument("--max-length", type=flag(MODEL["max_length"]), help="max tokens per input [default: 128]")
+    add_model_args(t.add_argument_group("model (ModelConfig)"))
     o = t.add_argument_group("optimisation (TrainConfig)")
     o.add_argument("--epochs", type=flag(TRAIN["epochs"]), help="epochs; not used with --max-steps [default: 3]")
     o.add_argument("--batch-size", type=flag(TRAIN["batch_size"]), help="batch size per process [default: 16]")
