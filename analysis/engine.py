@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from . import batching
 from .cost import layer_speedup
 from .errors import DE3Error
-from .model import ExitHead, check_positions
+from .model import ACTIVATIONS, ExitHead, check_positions
 from .policies import ExitPolicy, exit_mask, threshold_signal
 from .signals import EPS, distance_ratio, normalized_entropy, pairwise_distance, r1_r2
 
@@ -322,13 +322,10 @@ def _plain_head(head):
     """``ExitHead.forward`` as its operations on the module's own (live) parameters — the same numbers, without five
     module calls and with the batch's pooling mask made once — or None for anything else (a subclass, a head with
     hooks, an unknown pooling or activation), which is then called as a module."""
-    from . import model as _model
-
-    activations = getattr(_model, "ACTIVATIONS", {"tanh": torch.tanh})
-    activation = activations.get(getattr(head, "activation", "tanh"))
-    if (type(head) is not ExitHead or activation is None or head.pooling not in ("mean", "cls")
+    if (type(head) is not ExitHead or head.activation not in ACTIVATIONS or head.pooling not in ("mean", "cls")
             or any(mod._forward_hooks or mod._forward_pre_hooks for mod in head.modules())):
         return None
+    activation = ACTIVATIONS[head.activation]
     cls = head.pooling == "cls"
     pooler, classifier, proto = head.pooler, head.classifier, head.proto
 
