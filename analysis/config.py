@@ -11,6 +11,7 @@ from .validate import MODEL, TRAIN, check_fields
 
 POOLINGS = ("mean", "cls")
 DAR_FORMS = ("proto_ce", "ratio", "margin")
+PROTO_INPUTS = ("pooler", "pooled")  # what the prototypical network reads: the exit's pooler output, or its input
 FINAL_HEADS = ("tanh", "gelu", "relu")  # the pooler activation of a fine-tuned classifier's own head (attach)
 
 
@@ -62,6 +63,7 @@ class ModelConfig:
     pooling: str = "mean"  # token pooling before each exit's pooler: "mean" (attention-masked) or "cls"
     proto_dim: int | None = None  # prototype space size d_p; None = hidden size H (spec decision)
     distance: str = "euclidean"  # "euclidean" | "sqeuclidean" | "cosine"
+    proto_input: str = "pooler"  # the prototypical network reads the pooler output u_m, or "pooled": the pooled tokens
     dropout: float | None = None  # dropout before each classifier; None = the backbone's hidden dropout
     alpha: float = 1.0  # weight of the DAR term; 0 = the "w/o DAR" ablation
     dar_form: str = "proto_ce"  # "proto_ce" (spec default) | "ratio" | "margin"
@@ -82,6 +84,8 @@ class ModelConfig:
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got {shorten(self.pooling)}"),
             (self.distance in DISTANCES, f"distance must be one of {DISTANCES}, got {shorten(self.distance)}"),
             (self.dar_form in DAR_FORMS, f"dar_form must be one of {DAR_FORMS}, got {shorten(self.dar_form)}"),
+            (self.proto_input in PROTO_INPUTS,
+             f"proto_input must be one of {PROTO_INPUTS}, got {shorten(self.proto_input)}"),
             (self.final_head is None or self.final_head in FINAL_HEADS,
              f"final_head must be null or one of {FINAL_HEADS}, got {shorten(self.final_head)}"),
         ]

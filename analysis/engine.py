@@ -326,7 +326,7 @@ def _plain_head(head):
             or any(mod._forward_hooks or mod._forward_pre_hooks for mod in head.modules())):
         return None
     activation = ACTIVATIONS[head.activation]
-    cls = head.pooling == "cls"
+    cls, from_pooler = head.pooling == "cls", head.proto_input == "pooler"
     pooler, classifier, proto = head.pooler, head.classifier, head.proto
 
     def forward(hidden: torch.Tensor, pool: _Pooling, want_emb: bool):
@@ -335,7 +335,7 @@ def _plain_head(head):
         else:  # = pool_tokens: x * 1.0 is x, so without padding the mask is not multiplied in
             pooled = (hidden if pool.dense else hidden * pool.mask3).sum(1) / pool.denom
         u = activation(F.linear(pooled, pooler.weight, pooler.bias))  # dropout: identity in eval mode
-        emb = F.linear(u, proto.weight, proto.bias) if want_emb else None
+        emb = F.linear(u if from_pooler else pooled, proto.weight, proto.bias) if want_emb else None
         return F.linear(u, classifier.weight, classifier.bias), emb
 
     return forward

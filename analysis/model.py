@@ -1,7 +1,8 @@
 """The DE3-BERT model (spec §2-3): a BERT-family encoder with, after every layer m = 1..L,
 
-    an ExitHead      pooled tokens u_m -> pooler -> dropout -> classifier logits z_m   (B, K)
-                                          pooler -> prototypical projection e_m       (B, d_p)
+    an ExitHead      pooled tokens -> pooler u_m -> dropout -> classifier logits z_m   (B, K)
+                                       u_m -> prototypical projection e_m          (B, d_p)
+                     (``ModelConfig.proto_input = "pooled"``: the projection reads the pooled tokens instead)
     a PrototypeBank  class prototypes c_{m,k}, moving averages of e_m (buffers, no gradient)
 
 (With ``ModelConfig.final_head`` the exit at L is a fine-tuned classifier's own head, copied and frozen: see
@@ -41,13 +42,13 @@ class ExitHead(nn.Module):
     """Internal classifier and prototypical network of one layer."""
 
     def __init__(self, hidden_size: int, num_labels: int, proto_dim: int, pooling: str, dropout: float,
-                 activation: str = "tanh"):
+                 activation: str = "tanh", proto_input: str = "pooler"):
         super().__init__()
-        self.pooling, self.activation = pooling, activation
+        self.pooling, self.activation, self.proto_input = pooling, activation, proto_input
         self.pooler = nn.Linear(hidden_size, hidden_size)  # own pooler, as BERT's: dense + tanh
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
-        self.proto = nn.Linear(hidden_size, proto_dim)  # the prototypical network: e = W u + b
+        self.proto = nn.Linear(hidden_size, proto_dim)  # the prototypical network: e = W u + b (or W pooled + b)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, H) hidden states -> logits (B, K), prototype-space embedding (B, d_p)."""
@@ -56,7 +57,7 @@ class ExitHead(nn.Module):
     def from_pooled(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H) pooled tokens -> logits (B, K), embedding (B, d_p): the exit after pooling (attach trains it so)."""
         u = ACTIVATIONS[self.activation](self.pooler(pooled))  # (B, H)
-        return self.classifier(self.dropout(u)), self.proto(u)
+        return self.classifier(self.dropout(u)), self.proto(u if self.proto_input == "pooler" else pooled)
 
 
 class PrototypeBank(nn.Module):
@@ -178,10 +179,12 @@ class DE3Bert(nn.Module):
         proto_dim = config.proto_dim or hidden
         dropout = config.dropout if config.dropout is not None else getattr(bcfg, "hidden_dropout_prob", 0.1)
         self.heads = nn.ModuleList(
-            ExitHead(hidden, config.num_labels, proto_dim, config.pooling, dropout) for _ in range(self.num_layers)
+            ExitHead(hidden, config.num_labels, proto_dim, config.pooling, dropout, proto_input=config.proto_input)
+            for _ in range(self.num_layers)
         )
         if config.final_head:  # the exit at L is the backbone's own classification head: [CLS], dense + its activation
-            self.heads[-1] = ExitHead(hidden, config.num_labels, proto_dim, "cls", dropout, config.final_head)
+            self.heads[-1] = ExitHead(hidden, config.num_labels, proto_dim, "cls", dropout, config.final_head,
+                                      config.proto_input)
             self.heads[-1].requires_grad_(False)  # copied from the fine-tuned classifier (attach.py), kept as it was
         self.bank = PrototypeBank(self.num_layers, config.num_labels, proto_dim, config.distance)
         self.max_positions = backbone_positions(bcfg)

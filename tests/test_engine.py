@@ -452,3 +452,27 @@ def test_compiled_engine_equals_simulation(setup, host_math):
     went = np.arange(1, trace.num_layers + 1)[None, :] <= result.exit_layer[:, None]
     np.testing.assert_allclose(engine.run(texts, policy=policy, batch_size=4, record=True).signals["dr"][went],
                                trace.wide["dr"][went], atol=1e-4)
+
+
+@pytest.mark.parametrize("host_math", [None, False], ids=["host", "device"])
+def test_engine_equals_simulation_when_the_prototypes_read_the_pooled_tokens(tiny_backbone, host_math):
+    """``proto_input="pooled"``: the prototypical network reads the pooled tokens, not the pooler's output; the engine
+    applies the head the same way, so it still equals the trace."""
+    texts = make_texts()
+    tokenizer = load_tokenizer(tiny_backbone)
+    torch.manual_seed(0)
+    model = DE3Bert(ModelConfig(backbone="tiny", label_names=LABELS, proto_input="pooled"),
+                    load_backbone(tiny_backbone)).eval()
+    enc = tokenizer(texts[:12], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(enc["input_ids"], enc["attention_mask"])
+        pooled = (model.backbone(**enc, output_hidden_states=True).hidden_states[1] * enc["attention_mask"][..., None]
+                  ).sum(1) / enc["attention_mask"].sum(1, keepdim=True)
+    torch.testing.assert_close(out.embeddings[0], model.heads[0].proto(pooled))  # the pooled tokens, not the pooler
+    model.update_prototypes(out.embeddings, torch.arange(12) % len(LABELS))
+    trace = trace_of(model, tokenizer, texts)
+    for policy in policies_for(trace)[:3]:
+        expected = decide_exits(trace.wide, policy)
+        result = EarlyExitEngine(model, tokenizer, host_math=host_math).run(texts, policy=policy, batch_size=4)
+        np.testing.assert_array_equal(result.exit_layer, expected.exit_layer)
+        np.testing.assert_array_equal(result.pred, expected.pred)
