@@ -295,3 +295,59 @@ def test_default_folders_follow_the_data(tmp_path, monkeypatch):
         assert str(seen["work"]) == work and args.out == f"docs/results/{work.split('-', 1)[1]}.md"
         assert seen["data_dir"] == data_dir and seen["settings"].data == args.data
     assert seen["settings"].text_columns == ("body",) and seen["settings"].label_column == "stars"
+
+
+# ---- variants of your own: --define ----
+
+
+def test_parse_changes_round_trips_and_refuses_with_one_line():
+    changes = study.parse_changes("alpha=3,distance=cosine,proto_input=pooled,proto_dim=32", "--define x")
+    assert changes == {"alpha": 3, "distance": "cosine", "proto_input": "pooled", "proto_dim": 32}
+    assert study.parse_changes(study.setting_name(changes), "x") == changes
+    assert study.setting_name({}) == "default" and study.setting_name({"gamma": 0.5}) == "gamma=0.5"
+    for text, message in (("alpha", "not FIELD=VALUE"), ("alpha=", "not FIELD=VALUE"), ("max_length=32", "not a field"),
+                          ("backbone=x", "not a field"), ("alpha=-1", "alpha"), ("distance=manhattan", "distance"),
+                          ("proto_input=cls", "proto_input"), ("proto_dim=2.5", "proto_dim")):
+        with pytest.raises(DE3Error, match=message):
+            study.parse_changes(text, "--define x")
+
+
+def test_defined_variants_train_and_are_reused_by_their_settings(tmp_path):
+    settings = StudySettings(defined=(("cos", (("distance", "cosine"), ("alpha", 3))),))
+    assert settings.variant_table["cos"] == ("defined: distance=cosine,alpha=3", {"distance": "cosine", "alpha": 3})
+    argv = study._train_argv(settings, "glue", tmp_path / "x", settings.variant_table["cos"][1], tmp_path / "x.json", 42)
+    assert json.loads((tmp_path / "x.json").read_text())["model"] == {"distance": "cosine", "alpha": 3}
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "x.json")
+    # a checkpoint is reused only when every field a variant may change agrees (absent = the default)
+    plain = _fake_checkpoint(tmp_path / "plain", "glue/sst2")
+    assert study._is_trained(plain, settings, {}, 42)
+    assert not study._is_trained(plain, settings, {"distance": "cosine", "alpha": 3}, 42)
+    cos = _fake_checkpoint(tmp_path / "cos", "glue/sst2")
+    config = json.loads((cos / "config.json").read_text())
+    config["de3"].update(distance="cosine", alpha=3.0)
+    (cos / "config.json").write_text(json.dumps(config))
+    assert study._is_trained(cos, settings, {"distance": "cosine", "alpha": 3}, 42)
+    assert not study._is_trained(cos, settings, {"distance": "cosine"}, 42) and not study._is_trained(cos, settings, {}, 42)
+
+
+def test_define_flag(tmp_path, monkeypatch, capsys):
+    from analysis.commands import build_parser
+
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    seen = {}
+    monkeypatch.setattr(study, "train_variants", lambda settings, data_dir, work, variants, *a, **k: seen.update(
+        settings=settings, variants=variants) or (_ for _ in ()).throw(DE3Error("stop")))
+    base = ["study", "--data-dir", str(tmp_path / "glue"), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.md")]
+    args = build_parser().parse_args([*base, "--define", "best", "alpha=3,proto_input=pooled", "--variants", "de3,best"])
+    with pytest.raises(DE3Error, match="stop"):
+        cmd_study(args)
+    assert seen["variants"] == ["de3", "best"]
+    assert seen["settings"].variant_table["best"][1] == {"alpha": 3, "proto_input": "pooled"}
+    for extra, message in ((["--define", "de3", "alpha=3"], "must be new"),
+                           (["--define", "a/b", "alpha=3"], "must be new"),
+                           (["--define", "x", "alpha=3", "--variants", "de3,y"], "unknown variant(s) y"),
+                           (["--define", "x", "colour=red"], "not a field")):
+        code = main([*base, *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()

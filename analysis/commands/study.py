@@ -53,6 +53,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "dar_ratio": ("DAR = distance ratio w.r.t. the true class, α = 1", {"dar_form": "ratio"}),
     "dar_margin": ("DAR = hinge margin 1.0, α = 1", {"dar_form": "margin"}),
 }
+# the ModelConfig fields a variant may change (``VARIANTS``, ``--define``); the rest are the study's or the data's
+VARIANT_FIELDS = ("alpha", "dar_form", "dar_margin", "gamma", "proto_dim", "distance", "proto_input", "dropout",
+                  "pooling")
 BASELINES = ("entropy", "maxprob", "pabee", "pcee", "dr", "static")
 SPEEDUPS = (1.5, 2.0, 3.0)
 DIAG_SPEEDUP = 2.0  # where the diagnostics compare DE3's and the entropy's exits
@@ -72,6 +75,7 @@ class StudySettings:
     max_train_samples: int | None = None
     seed: int = 42  # the first seed
     seeds: int = 3  # seeds seed, seed + 1, ..., seed + seeds - 1: one trained checkpoint per variant and seed
+    defined: tuple = ()  # --define: ((name, ((field, value), ...)), ...), variants beyond VARIANTS
     threads_per_run: int = 1  # two 1-thread runs side by side beat one 2-thread run on a 2-core CPU
     parallel: int = 2
     n_boot: int = 1000
@@ -79,6 +83,39 @@ class StudySettings:
     @property
     def seed_list(self) -> tuple[int, ...]:
         return tuple(self.seed + i for i in range(self.seeds))
+
+    @property
+    def variant_table(self) -> dict[str, tuple[str, dict]]:
+        """``VARIANTS`` and the ``--define``d ones: name -> (what it is, ModelConfig overrides)."""
+        return {**VARIANTS, **{name: (f"defined: {setting_name(dict(changes))}", dict(changes))
+                               for name, changes in self.defined}}
+
+
+def setting_name(changes: dict) -> str:
+    """Settings as one word, the form ``--define`` and ``search`` read and print: ``{}`` -> "default";
+    ``{"alpha": 3.0, "distance": "cosine"}`` -> "alpha=3,distance=cosine"."""
+    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changes.items()) or "default"
+
+
+def parse_changes(text: str, source: str) -> dict:
+    """``setting_name``'s form back to a dict, every field one a variant may change (``VARIANT_FIELDS``) with a value
+    ModelConfig accepts: "alpha=3,distance=cosine" -> {"alpha": 3, "distance": "cosine"}."""
+    from ..config import ModelConfig
+
+    changes = {}
+    for part in (p.strip() for p in text.split(",")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key or not value.strip():
+            raise DE3Error(f"{source}: {part!r} is not FIELD=VALUE; write e.g. alpha=3,distance=cosine")
+        if key not in VARIANT_FIELDS:
+            raise DE3Error(f"{source}: {key!r} is not a field a variant may change; choose from {', '.join(VARIANT_FIELDS)}")
+        try:
+            changes[key] = json.loads(value)
+        except ValueError:
+            changes[key] = value.strip()
+    ModelConfig.from_dict(changes, source=source)  # types and ranges as a config file's
+    return changes
 
 
 def short_name(spec: str) -> str:
@@ -165,8 +202,11 @@ def _is_trained(folder: Path, settings: StudySettings, overrides: dict, seed: in
         config = config["de3"]
     except (DE3Error, KeyError):
         return False
-    want = {"alpha": 1.0, "dar_form": "proto_ce", **overrides}
-    return (all(config.get(k) == v for k, v in want.items()) and config.get("max_length") == settings.max_length
+    from ..config import ModelConfig
+
+    default = ModelConfig()
+    want = {**{k: getattr(default, k) for k in VARIANT_FIELDS}, **overrides}
+    return (all(config.get(k, getattr(default, k)) == v for k, v in want.items()) and config.get("max_length") == settings.max_length
             and train_cfg.get("epochs") == settings.epochs and train_cfg.get("batch_size") == settings.batch_size
             and train_cfg.get("seed") == seed and data.get("max_train_samples") == settings.max_train_samples
             and _data_key(data.get("spec")) == _data_key(settings.data)
@@ -179,7 +219,8 @@ def train_variants(settings: StudySettings, data_dir: str | None, work: Path, va
     the first seed of every variant first. Returns the training seconds keyed by ``run_name``."""
     work.mkdir(parents=True, exist_ok=True)
     runs = {run_name(v, s, settings): (v, s) for s in settings.seed_list for v in variants}
-    todo = [name for name, (v, s) in runs.items() if retrain or not _is_trained(work / name, settings, VARIANTS[v][1], s)]
+    table = settings.variant_table
+    todo = [name for name, (v, s) in runs.items() if retrain or not _is_trained(work / name, settings, table[v][1], s)]
     seconds: dict[str, float] = {}
     running: list[tuple[str, subprocess.Popen, float]] = []
     queue = list(todo)
@@ -187,7 +228,7 @@ def train_variants(settings: StudySettings, data_dir: str | None, work: Path, va
         while queue and len(running) < settings.parallel:
             name = queue.pop(0)
             variant, seed = runs[name]
-            argv = _train_argv(settings, data_dir, work / name, VARIANTS[variant][1], work / f"{name}.config.json", seed)
+            argv = _train_argv(settings, data_dir, work / name, table[variant][1], work / f"{name}.config.json", seed)
             logf = open(work / f"{name}.train.log", "w")
             log(f"training {name}: {' '.join(argv[1:])}  (log: {work / f'{name}.train.log'})")
             running.append((name, subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT), time.perf_counter()))
@@ -496,7 +537,9 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     data_flags += "".join(f" --text-column {c}" for c in settings.text_columns or ()) + (
         f" --label-column {settings.label_column}" if settings.label_column is not None else "")
     command = (f"python -m analysis study{data_flags} --work {work} --out {out} "
-               f"--variants {','.join(variants)} --seeds {n_seeds}"
+               + "".join(f" --define {name} {setting_name(dict(changes))}" for name, changes in settings.defined
+                         if name in variants)
+               + f" --variants {','.join(variants)} --seeds {n_seeds}"
                + (f" --epochs {settings.epochs}" if settings.epochs != StudySettings.epochs else "")
                + (f" --max-train-samples {settings.max_train_samples}" if settings.max_train_samples else ""))
     lines = [f"# {words.title} study: DE3-BERT against the baselines on {words.split_long} ({t.num_samples} {units}, "
@@ -521,7 +564,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
                  "covers that)" if words.glue else "the spread from one training run, and its own held-out split, to "
                  f"the next (the bootstrap below covers the sampling of one seed's {units})")
                 if n_seeds > 1 else "the single run's value: one seed, so no interval (a spread needs two seeds or more)")
-    lines += [f"## Over the seeds: {VARIANTS[main][0]}", "",
+    lines += [f"## Over the seeds: {settings.variant_table[main][0]}", "",
               f"Seeds {', '.join(map(str, seeds))}: each trains its own checkpoint of every variant, and DE3's λ is "
               f"chosen on that seed's validation trace (never on {d}): "
               f"{', '.join(f'{lambdas[s]:g} (seed {s})' for s in seeds)}. Each cell is {interval}. Value at s = the "
@@ -599,7 +642,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         name = r["label"] + (f" (λ={r['lambda_']:g})" if r["policy"] == "de3" else "")
         rows.append([name, *(_fmt(r[f"{s:g}x"]) for s in SPEEDUPS), _fmt(r["auc"]), r["note"] or ""])
     matched = pd.DataFrame(rows, columns=["policy", *(f"{s:g}×" for s in SPEEDUPS), "AUC 1–3×", "note"])
-    lines += [f"## Matched speed-up ({VARIANTS[main][0]}, seed {first})", "",
+    lines += [f"## Matched speed-up ({settings.variant_table[main][0]}, seed {first})", "",
               f"Value at s = the best {words.adj} accuracy among a policy's settings whose speed-up (L / mean exit layer) is ≥ s. "
               f"AUC = the mean accuracy of that frontier over speed-ups 1–3×. The oracle sends each {words.unit} to its first "
               "correct layer and one that no layer gets right to layer 1; its row is the oracle frontier (beyond the "
@@ -611,7 +654,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = out.with_suffix(".png")
     _plot(comp.curves, lam, comp.per_layer, comp.oracle, plot_path,
-          f"{words.title} {words.adj}, {VARIANTS[main][0]}, seed {first}", oracle_front=comp.oracle_front,
+          f"{words.title} {words.adj}, {settings.variant_table[main][0]}, seed {first}", oracle_front=comp.oracle_front,
           ylabel=f"accuracy on {words.split_long} (%)")
     lines += [f"![accuracy vs speed-up]({plot_path.name})", ""]
     if t.num_labels == 2:
@@ -643,7 +686,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         for name in ("de3", "entropy", "dr"):
             per_seed = [comps[v, s].table.set_index("policy").loc[name] for s in seeds]
             lam_text = ", ".join(f"{comps[v, s].lambda_:g}" for s in seeds)
-            abl.append([v, VARIANTS[v][0], POLICY_LABELS[name] + (f" (λ={lam_text})" if name == "de3" else ""),
+            abl.append([v, settings.variant_table[v][0], POLICY_LABELS[name] + (f" (λ={lam_text})" if name == "de3" else ""),
                         *(over_seeds([r[c] for r in per_seed]) for c in cols)])
     lines += ["## Ablations: the DAR term", "",
               "Each variant is a separately trained model; the entropy rows show how the DAR term changes the "
@@ -698,7 +741,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
                                                         "seeds DE3 ahead"])), ""]
 
     lines += ["## Findings", "", *_findings(comparisons, main, boot_rows, diag, lambdas, tables, vs_entropy, parts,
-                                            bins_mean, units), ""]
+                                            bins_mean, units, settings.variant_table), ""]
     text = "\n".join(lines)
     with atomic_file(out) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -707,7 +750,8 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
 
 
 def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame, lambdas: dict, tables: dict,
-              vs_entropy: dict, parts: dict, bins_mean: pd.DataFrame, units: str = "sentences") -> list[str]:
+              vs_entropy: dict, parts: dict, bins_mean: pd.DataFrame, units: str = "sentences",
+              variant_table: dict = VARIANTS) -> list[str]:
     """Plain statements read off the numbers above (no claim without its number). ``comparisons`` and
     ``boot_rows``: the first seed's; ``diag``, ``parts`` and ``bins_mean``: the diagnostics (averaged over the
     seeds); ``tables``, ``vs_entropy`` and ``lambdas``: the main variant's per seed."""
@@ -743,7 +787,7 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
         if v == main:
             continue
         t2 = c.table.set_index("policy")
-        out.append(f"- {VARIANTS[v][0]} (seed {first}): DE3 AUC {_fmt(t2.loc['de3', 'auc'])} vs "
+        out.append(f"- {variant_table[v][0]} (seed {first}): DE3 AUC {_fmt(t2.loc['de3', 'auc'])} vs "
                    f"{_fmt(tab.loc['de3', 'auc'])} for {main}; entropy AUC {_fmt(t2.loc['entropy', 'auc'])} vs "
                    f"{_fmt(tab.loc['entropy', 'auc'])}.")
 
@@ -812,7 +856,11 @@ def register(subparsers) -> None:
                                   "e.g. runs/study-sst2)")
     p.add_argument("--out", help="Markdown report to write, plot beside it (unset: docs/results/<name of --data>.md, "
                                  "e.g. docs/results/sst2.md)")
-    p.add_argument("--variants", default="de3,no_dar,dar_ratio", help=f"comma-separated, first = main; of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="de3,no_dar,dar_ratio",
+                   help=f"comma-separated, first = main; of {', '.join(VARIANTS)} or a --define'd name")
+    p.add_argument("--define", nargs=2, action="append", metavar=("NAME", "FIELD=VALUE,..."), default=[],
+                   help=f"a variant of your own: the ModelConfig fields it changes ({', '.join(VARIANT_FIELDS)}), "
+                        "e.g. --define cos distance=cosine,alpha=3 (what `analysis search` recommends); repeatable")
     p.add_argument("--epochs", type=flag(TRAIN["epochs"]), default=StudySettings.epochs)
     p.add_argument("--max-train-samples", type=flag(RUN["max_train_samples"]), help="train on a seeded subset (faster, weaker)")
     p.add_argument("--parallel", type=flag(RUN["parallel"]), default=StudySettings.parallel, help="training runs side by side")
@@ -824,10 +872,17 @@ def register(subparsers) -> None:
 
 
 def cmd_study(args) -> int:
+    defined = {}
+    for name, text in getattr(args, "define", None) or []:
+        if name in VARIANTS or name in defined or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or "-seed-" in name:
+            raise DE3Error(f"--define {name}: the name must be new (not {', '.join([*VARIANTS, *defined])}) and of "
+                           "letters, digits, '_', '.', '-' (it names a folder; not '-seed-')")
+        defined[name] = parse_changes(text, f"--define {name}")
+    known = [*VARIANTS, *defined]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if v not in known]
     if unknown or not variants:
-        raise DE3Error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(VARIANTS)}")
+        raise DE3Error(f"unknown variant(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")
     spec = getattr(args, "data", None) or StudySettings.data
     data_dir = getattr(args, "data_dir", None)
     text_columns, label_column = getattr(args, "text_columns", None), getattr(args, "label_column", None)
@@ -851,7 +906,8 @@ def cmd_study(args) -> int:
             data_dir = None  # the embedded corpus needs no folder
     settings = StudySettings(data=spec, text_columns=tuple(text_columns) if text_columns else None,
                              label_column=label_column, epochs=args.epochs, max_train_samples=args.max_train_samples,
-                             parallel=args.parallel, seeds=args.seeds)
+                             parallel=args.parallel, seeds=args.seeds,
+                             defined=tuple((k, tuple(v.items())) for k, v in defined.items()))
     name = short_name(spec)
     args.work = args.work or f"runs/study-{name}"
     args.out = args.out or f"docs/results/{name}.md"
