@@ -13,10 +13,11 @@ compare   every policy at matched speed-ups (1.5x, 2x, 3x) and the area under it
 bench     trace overhead, real early-exit wall-clock speed-ups at batch 1 and 32, sweep timings
 bench-memory  peak memory of tracing 10k vs 100k samples
 study     the SST-2 study: train DE3 variants, trace, compare, write docs/results/sst2.md
+search    which DE3 settings make the distance help: exits on a frozen backbone, settings x seeds, in minutes
 
 Each module here adds its commands with ``register(subparsers)``, one parser per command whose ``handler`` runs it:
 ``checkpoints`` (train, evaluate, trace, compact), ``attach``, ``curves`` (curves, compare), ``bench``, ``membench``
-(bench-memory), ``study``.
+(bench-memory), ``study``, ``search``.
 
 Errors a user can cause print one line (``error: ...``) and exit with code 2; nothing is left half-written.
 Every ``--out`` is checked before any work (writable; not one of the command's inputs, inside one or holding one)
@@ -32,9 +33,9 @@ import sys
 
 from ..errors import DE3Error
 from ..validate import OneLineParser
-from . import attach, bench, checkpoints, curves, membench, study
+from . import attach, bench, checkpoints, curves, membench, search, study
 
-COMMAND_MODULES = (checkpoints, attach, curves, bench, membench, study)  # in the order --help lists their commands
+COMMAND_MODULES = (checkpoints, attach, curves, bench, membench, study, search)  # in the order --help lists their commands
 
 
 def build_parser() -> argparse.ArgumentParser:
