@@ -94,3 +94,10 @@ def test_bad_only_is_one_line(tiny_csv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown setting(s) alpha=7" in err[0], err
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.md").exists()
+
+
+def test_the_report_cannot_overwrite_the_data(tiny_csv, tmp_path, capsys):
+    code = main(["search", "--data", str(tiny_csv), "--work", str(tmp_path / "w"), "--out", str(tiny_csv)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "input" in err[0], err
+    assert not (tmp_path / "w").exists()

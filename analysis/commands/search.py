@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data import spec_kind
 from ..errors import DE3Error
 from ..io import atomic_file, check_writable, claim_output, read_json_object
 from ..validate import RUN, TRAIN, flag
@@ -519,7 +520,8 @@ def register(subparsers) -> None:
     p.add_argument("--work", help="folder for the cache and the runs (unset: runs/search-<name of --data>)")
     p.add_argument("--out", help="Markdown report, figure beside it (unset: docs/results/<name>-search.md)")
     p.add_argument("--max-train-samples", type=flag(RUN["max_train_samples"]), default=DEFAULT_MAX_TRAIN,
-                   help="a seeded subset of the training rows (0 = all)")
+                   help="train every setting on a seeded subset of this many training rows")
+    p.add_argument("--all-train-rows", action="store_true", help="train on every training row (slower per setting)")
     p.add_argument("--epochs", type=flag(TRAIN["epochs"]), default=DEFAULT_EPOCHS, help="the default training length")
     p.add_argument("--seeds", type=flag(RUN["seeds"]), default=SearchSettings.seeds, help="seeds per setting")
     p.add_argument("--no-combined", action="store_true", help="skip the combined setting")
@@ -531,7 +533,8 @@ def register(subparsers) -> None:
 def cmd_search(args) -> int:
     from ..backbones import pick_device
 
-    settings = SearchSettings(data=args.data, model=args.model, max_train_samples=args.max_train_samples or None,
+    settings = SearchSettings(data=args.data, model=args.model,
+                              max_train_samples=None if args.all_train_rows else args.max_train_samples,
                               epochs=args.epochs, seeds=args.seeds)
     name = short_name(args.data)
     work = Path(args.work or f"runs/search-{name}")
@@ -544,8 +547,9 @@ def cmd_search(args) -> int:
             raise DE3Error(f"--only: unknown setting(s) {', '.join(unknown)}; known: {', '.join(grid)}, combined")
         grid = {k: v for k, v in grid.items() if k in wanted or k == "default"}
     check_writable(work, what="--work")
-    with claim_output(out, kind="file", command="analysis search"), \
-            claim_output(out.with_suffix(".png"), kind="file", what="the figure", command="analysis search"):
+    inputs = [p for p in (args.data_dir, args.data if spec_kind(args.data) == "file" else None) if p]
+    with claim_output(out, inputs=inputs, kind="file", command="analysis search"), \
+            claim_output(out.with_suffix(".png"), inputs=inputs, kind="file", what="the figure", command="analysis search"):
         start = time.perf_counter()
         device = pick_device(args.device)
         cache = build_cache(settings, work, args.data_dir, device)
@@ -556,11 +560,13 @@ def cmd_search(args) -> int:
                 runs.update(run_all(cache, settings, work, {"combined": changes}, device))
         summary = summarise(runs)
         command = "python -m analysis search" + "".join(
-            f" {flag_} {value}" for flag_, value in (
+            f" {flag_}" + (f" {value}" if value != "" else "") for flag_, value in (
                 ("--data", args.data if args.data != SearchSettings.data else None),
                 ("--data-dir", "<GLUE folder>" if args.data_dir and data_words(args.data).glue else args.data_dir),
                 ("--model", args.model if args.model != SearchSettings.model else None),
-                ("--max-train-samples", args.max_train_samples if args.max_train_samples != DEFAULT_MAX_TRAIN else None),
+                ("--max-train-samples", args.max_train_samples if args.max_train_samples != DEFAULT_MAX_TRAIN
+                 and not args.all_train_rows else None),
+                ("--all-train-rows", "" if args.all_train_rows else None),
                 ("--epochs", args.epochs if args.epochs != DEFAULT_EPOCHS else None),
                 ("--seeds", args.seeds if args.seeds != SearchSettings.seeds else None),
                 ("--work", work), ("--out", out)) if value is not None)
