@@ -101,3 +101,22 @@ def test_the_report_cannot_overwrite_the_data(tiny_csv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "input" in err[0], err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_file_with_its_own_columns(tiny_backbone, tiny_csv, tmp_path):
+    data = tmp_path / "reviews.csv"
+    rows = tiny_csv.read_text().splitlines()
+    data.write_text("\n".join(["stars,body"] + [",".join(reversed(r.rsplit(",", 1))) for r in rows[1:]]) + "\n")
+    argv = ["search", "--data", str(data), "--text-column", "body", "--label-column", "stars", "--model", tiny_backbone,
+            "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.md"), "--seeds", "1", "--epochs", "1",
+            "--only", "default", "--no-combined"]
+    assert main(argv) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "--text-column body --label-column stars" in text and "`default`" in text
+
+
+def test_columns_only_for_files(tmp_path, capsys):
+    code = main(["search", "--data", "bbc", "--text-column", "x", "--work", str(tmp_path / "w"), "--out",
+                 str(tmp_path / "r.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "only to data files" in err[0], err

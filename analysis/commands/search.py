@@ -65,6 +65,8 @@ CACHE_VERSION = 1
 @dataclass(frozen=True)
 class SearchSettings:
     data: str = "glue/sst2"
+    text_columns: tuple | None = None  # data files only, as train's --text-column
+    label_column: str | int | None = None  # data files only, as train's --label-column
     model: str = "minilm-l6"
     max_train_samples: int | None = DEFAULT_MAX_TRAIN
     max_length: int = 64
@@ -81,7 +83,8 @@ class SearchSettings:
 
     def cache_key(self) -> dict:
         """What the cached vectors depend on."""
-        return {"version": CACHE_VERSION, "data": self.data, "model": self.model, "seed": self.seed,
+        return {"version": CACHE_VERSION, "data": self.data, "text_columns": list(self.text_columns or []) or None,
+                "label_column": self.label_column, "model": self.model, "seed": self.seed,
                 "max_train_samples": self.max_train_samples, "max_length": self.max_length, "pooling": self.pooling}
 
     def run_key(self) -> dict:
@@ -124,7 +127,8 @@ def build_cache(settings: SearchSettings, work: Path, data_dir: str | None, devi
     from ..training import seed_everything
 
     seed_everything(settings.seed)
-    data = load_data(settings.data, data_dir=data_dir, seed=settings.seed, max_train_samples=settings.max_train_samples)
+    data = load_data(settings.data, data_dir=data_dir, text_columns=settings.text_columns,
+                     label_column=settings.label_column, seed=settings.seed, max_train_samples=settings.max_train_samples)
     if not data.labelled:
         raise DE3Error(f"{data.name}: has no labels; the search trains and scores exits on labelled rows")
     loaded = load_model_to_attach(settings.model)
@@ -432,7 +436,8 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
     table = []
     for row in summary.to_dict("records"):
         table.append({
-            "setting": f"`{row['setting']}`", "factor": row["factor"],
+            "setting": f"`{row['setting']}`",
+            "factor": f"combined: {setting_name(row['changes'])}" if row["factor"] == "combined" else row["factor"],
             **{f"margin {s:g}×": _fmt_interval(row[f"diff_{s:g}"], n_seeds, signed=True) for s in SPEEDUPS},
             "margin AUC": _fmt_interval(row["diff_auc"], n_seeds, signed=True),
             "DE3 AUC": _fmt(row["de3_auc"]["mean"]), "entropy AUC": _fmt(row["entropy_auc"]["mean"]),
@@ -457,21 +462,29 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
                  f"the AUC (DE3 AUC {_fmt(best['de3_auc']['mean'])}, entropy {_fmt(best['entropy_auc']['mean'])}).")
     if sig:
         lines.append("- Margins whose interval over seeds lies above 0: " + ", ".join(
-            f"`{r.setting}` ({_fmt_interval(r.diff_auc, n_seeds, signed=True)})" for r in sig) + ".")
+            f"`{r.setting}` ({_fmt_interval(r.diff_auc, n_seeds, signed=True)})" for r in sig) + f". With "
+            f"{len(summary)} settings compared, each interval at 95 %, about {len(summary) / 20:.1f} would exclude 0 by "
+            "chance alone: a setting found here is a candidate, confirmed only end to end on fresh training runs.")
     else:
         lines.append("- No setting's AUC margin has an interval over seeds above 0: on this backbone and data no "
                      "setting makes DE3 reliably better than the entropy.")
     if worse:
         lines.append("- Margins whose interval lies below 0 (DE3 reliably worse): " + ", ".join(
             f"`{r.setting}` ({_fmt_interval(r.diff_auc, n_seeds, signed=True)})" for r in worse) + ".")
+    verdicts = {w: sum(r[f"verdicts_{s:g}"][w] for r in summary.to_dict("records") for s in SPEEDUPS)
+                for w in ("better", "worse", "no difference")}
+    lines.append(f"- Per-seed paired bootstraps on {words.split} (every setting, seed and speed-up): "
+                 f"{verdicts['better']} better, {verdicts['worse']} worse, {verdicts['no difference']} no difference "
+                 f"for DE3 against the entropy.")
     better_dr = [r.setting for r in summary.itertuples() if r.auroc_DR > r.auroc_entropy]
     lines.append(f"- Settings where DR separates right from wrong better than the entropy: "
                  f"{', '.join(f'`{s}`' for s in better_dr) if better_dr else 'none'}.")
     if rec["significant"]:
         lines.append(f"- **Recommendation**: `{rec['setting']}` — its margin is above 0 over seeds and DE3's own AUC "
                      "is no lower than the default's. Confirm it end to end before changing the defaults "
-                     f"(`python -m analysis study --data {settings.data} --define best {setting_name(rec['changes'])} "
-                     "--variants de3,best --seeds 3`).")
+                     f"(`python -m analysis study --data {settings.data}"
+                     + (" --data-dir <GLUE folder>" if words.glue else "")
+                     + f" --define best {setting_name(rec['changes'])} --variants de3,best --seeds 3`).")
     else:
         lines.append("- **Recommendation**: keep the defaults — no setting gives DE3 a margin above 0 over seeds "
                      "without lowering DE3's own AUC.")
@@ -510,12 +523,17 @@ def _cores() -> int:
 
 
 def register(subparsers) -> None:
+    from .checkpoints import _column
+
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser("search", help="which DE3 settings make the distance help: exits on a frozen backbone, "
                               "many settings x seeds, in minutes", formatter_class=fmt,
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=SearchSettings.data, help="glue/<task> (with --data-dir), bbc, or a labelled file")
     p.add_argument("--data-dir", help="for glue/<task>: a folder in GLUE's TSV layout (e.g. ../shared/data/glue)")
+    p.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
+                   help="data files: text column by name or 0-based index; twice for sentence pairs")
+    p.add_argument("--label-column", type=_column, metavar="COL", help="data files: label column by name or index")
     p.add_argument("--model", default=SearchSettings.model, help="the frozen model: minilm-l6, a folder or a hub id")
     p.add_argument("--work", help="folder for the cache and the runs (unset: runs/search-<name of --data>)")
     p.add_argument("--out", help="Markdown report, figure beside it (unset: docs/results/<name>-search.md)")
@@ -533,7 +551,11 @@ def register(subparsers) -> None:
 def cmd_search(args) -> int:
     from ..backbones import pick_device
 
+    if spec_kind(args.data) != "file" and (args.text_columns or args.label_column is not None):
+        raise DE3Error(f"--text-column and --label-column apply only to data files, not to --data {args.data}")
     settings = SearchSettings(data=args.data, model=args.model,
+                              text_columns=tuple(args.text_columns) if args.text_columns else None,
+                              label_column=args.label_column,
                               max_train_samples=None if args.all_train_rows else args.max_train_samples,
                               epochs=args.epochs, seeds=args.seeds)
     name = short_name(args.data)
@@ -563,6 +585,8 @@ def cmd_search(args) -> int:
             f" {flag_}" + (f" {value}" if value != "" else "") for flag_, value in (
                 ("--data", args.data if args.data != SearchSettings.data else None),
                 ("--data-dir", "<GLUE folder>" if args.data_dir and data_words(args.data).glue else args.data_dir),
+                *(("--text-column", c) for c in args.text_columns or ()),
+                ("--label-column", args.label_column),
                 ("--model", args.model if args.model != SearchSettings.model else None),
                 ("--max-train-samples", args.max_train_samples if args.max_train_samples != DEFAULT_MAX_TRAIN
                  and not args.all_train_rows else None),
