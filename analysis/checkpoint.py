@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .backbones import load_tokenizer
-from .config import ModelConfig
+from .config import BEFORE_FIELD, ModelConfig
 from .errors import CheckpointError, DE3Error, one_line, shorten
 from .io import atomic_dir, os_errors, path_kind, read_json_object
 from .model import DE3Bert
@@ -158,7 +158,10 @@ def load_model(folder: str | Path, *, map_location: str | torch.device = "cpu") 
             raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE} (found {', '.join(pickles)}: pickle weights "
                                   "are refused, loading them can run code); convert them to safetensors or re-train")
         raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}; copy the whole checkpoint folder again or re-train it")
-    config = ModelConfig.from_dict(raw.pop("de3"), source=str(folder / CONFIG_FILE))
+    saved = raw.pop("de3")
+    if isinstance(saved, dict):
+        saved = {**BEFORE_FIELD, **saved}  # a field the checkpoint predates means what it meant then
+    config = ModelConfig.from_dict(saved, source=str(folder / CONFIG_FILE))
     model_type = raw.pop("model_type", None)
     if not isinstance(model_type, str):
         raise CheckpointError(f"{folder / CONFIG_FILE}: no 'model_type'; this is not a config written by save_pretrained")

@@ -12,6 +12,8 @@ from .validate import MODEL, TRAIN, check_fields
 POOLINGS = ("mean", "cls")
 DAR_FORMS = ("proto_ce", "ratio", "margin")
 PROTO_INPUTS = ("pooler", "pooled")  # what the prototypical network reads: the exit's pooler output, or its input
+# What a checkpoint saved before a field existed meant by leaving it out (not the field's default now, which may differ)
+BEFORE_FIELD = {"proto_input": "pooler"}
 FINAL_HEADS = ("tanh", "gelu", "relu")  # the pooler activation of a fine-tuned classifier's own head (attach)
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from analysis.backbones import load_backbone
 from analysis.config import ModelConfig
 from analysis.errors import CheckpointError, DE3Error
 from analysis.model import DE3Bert, DE3Output, PrototypeBank, dar_proto_ce, dar_ratio
@@ -139,6 +140,26 @@ def test_checkpoint_files_are_safetensors_not_pickle(saved):
     assert config["model_type"] == "bert" and config["de3"]["label_names"] == ["neg", "pos", "mixed"]
     assert config["id2label"] == {"0": "neg", "1": "pos", "2": "mixed"}
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_a_checkpoint_older_than_proto_input_keeps_its_meaning(saved):
+    """config.json written before ``proto_input`` existed: its prototypes read the pooler output, whatever the
+    field's default is now (``config.BEFORE_FIELD``)."""
+    model, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    del config["de3"]["proto_input"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = DE3Bert.from_pretrained(folder)
+    assert loaded.config.proto_input == "pooler" and all(h.proto_input == "pooler" for h in loaded.heads)
+    inputs = batch(model, 3)
+    assert torch.equal(model(**inputs).distances, loaded(**inputs).distances)
+
+
+def test_proto_input_round_trips(tiny_backbone, tmp_path):
+    model = DE3Bert(ModelConfig(backbone=tiny_backbone, label_names=("a", "b"), proto_input="pooled"),
+                    load_backbone(tiny_backbone)).eval()
+    loaded = DE3Bert.from_pretrained(model.save_pretrained(tmp_path / "ck"))
+    assert loaded.config.proto_input == "pooled" and loaded.heads[0].proto_input == "pooled"
 
 
 def test_missing_weights(saved):
