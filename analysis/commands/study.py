@@ -435,7 +435,7 @@ def _fmt_interval(summary: dict, total: int, signed: bool = False) -> str:
     seeds lack the number; "–" when none has it."""
     if summary["n"] == 0:
         return "–"
-    num = (lambda x: f"{100 * x:+.2f}") if signed else _fmt
+    num = (lambda x: f"{round(100 * x, 2) or 0.0:+.2f}") if signed else _fmt  # no "-0.00"
     text = num(summary["mean"]) + ("" if summary["n"] == 1 else f" [{num(summary['low'])}, {num(summary['high'])}]")
     return text + (f" ({summary['n']} of {total} seeds)" if summary["n"] < total else "")
 
