@@ -767,6 +767,13 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
         if n_seeds > 1:
             out.append(f"- At {s:g}× over {n_seeds} seeds: DE3 − entropy {_fmt_interval(diff, n_seeds, signed=True)} "
                        f"points (mean [95 % t-interval]); per-seed bootstrap verdicts: {_agreement_text(a)}.")
+    if n_seeds > 1:
+        auc = seed_interval([tables[seed].loc["de3", "auc"] - tables[seed].loc["entropy", "auc"] for seed in seeds])
+        side = ("above 0: DE3 ahead over the curve as a whole" if auc["low"] > 0 else
+                "below 0: DE3 behind over the curve as a whole" if auc["high"] < 0 else
+                "containing 0: no difference over the curve as a whole")
+        out.append(f"- Over the AUC 1–3× over {n_seeds} seeds: DE3 − entropy {_fmt_interval(auc, n_seeds, signed=True)} "
+                   f"points, an interval over seeds {side}.")
     for s in SPEEDUPS:
         col = f"{s:g}x"
         de3, ent = tab.loc["de3", col], tab.loc["entropy", col]
