@@ -688,9 +688,9 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
             lam_text = ", ".join(f"{comps[v, s].lambda_:g}" for s in seeds)
             abl.append([v, settings.variant_table[v][0], POLICY_LABELS[name] + (f" (λ={lam_text})" if name == "de3" else ""),
                         *(over_seeds([r[c] for r in per_seed]) for c in cols)])
-    lines += ["## Ablations: the DAR term", "",
-              "Each variant is a separately trained model; the entropy rows show how the DAR term changes the "
-              "classifiers themselves, the DE3 rows what the distance adds on top. Cells as in the table at the top "
+    lines += ["## Ablations and variants", "",
+              "Each variant is a separately trained model; the entropy rows show how its training (the DAR term, "
+              "or what else it changes) changes the classifiers themselves, the DE3 rows what the distance adds on top. Cells as in the table at the top "
               f"({'mean over the seeds [95 % t-interval]; λ listed per seed' if n_seeds > 1 else 'one seed'}).", "",
               _md_table(pd.DataFrame(abl, columns=["variant", "training", "policy", *head[1:]])), ""]
 
