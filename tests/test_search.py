@@ -120,3 +120,20 @@ def test_columns_only_for_files(tmp_path, capsys):
                  str(tmp_path / "r.md")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "only to data files" in err[0], err
+
+
+def test_damaged_cache_and_runs_are_made_again(tiny_backbone, tiny_csv, tmp_path, capsys):
+    argv = ["search", "--data", str(tiny_csv), "--model", tiny_backbone, "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path / "r.md"), "--seeds", "1", "--epochs", "1", "--only", "default", "--no-combined"]
+    assert main(argv) == 0
+    first = (tmp_path / "r.md").read_text()
+    (tmp_path / "w" / "cache" / "train.npy").write_bytes(b"not an array")
+    run = next((tmp_path / "w" / "runs").glob("*.json"))
+    run.write_text(json.dumps({"key": "edited"}))
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "cannot be read" in out and "computing it again" in out and "[1/1] default seed 42" in out
+    assert set(search.RUN_FIELDS) <= set(json.loads(run.read_text()))
+    row = lambda text: next(line for line in text.splitlines() if line.startswith("| `default` |"))
+    assert row((tmp_path / "r.md").read_text()) == row(first)  # the same numbers again

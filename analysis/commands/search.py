@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..data import spec_kind
-from ..errors import DE3Error
+from ..errors import DE3Error, one_line
 from ..io import atomic_file, check_writable, claim_output, read_json_object
 from ..validate import RUN, TRAIN, flag
 from .study import (SPEEDUPS, VERDICTS, _fmt, _fmt_interval, _md_table, data_words, seed_interval, setting_name,
@@ -146,9 +146,16 @@ def build_cache(settings: SearchSettings, work: Path, data_dir: str | None, devi
     splits = {}
     start = time.perf_counter()
     if same:
-        for split in ("train", "validation", "test"):
-            splits[split] = (np.load(folder / f"{split}.npy").astype(np.float32),
-                             np.load(folder / f"{split}.labels.npy"))
+        try:
+            for split in ("train", "validation", "test"):
+                vectors, labels = np.load(folder / f"{split}.npy"), np.load(folder / f"{split}.labels.npy")
+                if vectors.ndim != 3 or len(vectors) != len(labels) or len(labels) != len(data.split(split)):
+                    raise ValueError(f"{split}: {vectors.shape} vectors, {labels.shape} labels")
+                splits[split] = (vectors.astype(np.float32), labels)
+        except (OSError, ValueError, EOFError) as exc:  # damaged or edited since: made again
+            log(f"note: the cache in {folder} cannot be read ({one_line(exc)}); computing it again")
+            same = False
+    if same:
         log(f"cache: {folder} ({', '.join(f'{s} {len(v[1])}' for s, v in splits.items())} rows)")
         try:
             built = float(read_json_object(folder / "built.json")["seconds"])
@@ -272,6 +279,9 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
+RUN_FIELDS = {"key", "changes", "seed", "lambda", "seconds", "layers", "auc", "vs", "auroc"}  # what the report reads
+
+
 def _run_file(work: Path, name: str, seed: int) -> Path:
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return work / "runs" / f"{digest}-seed-{seed}.json"
@@ -289,7 +299,8 @@ def run_all(cache: Cache, settings: SearchSettings, work: Path, grid: dict[str, 
                 record = read_json_object(path)
             except DE3Error:
                 record = None
-            if record and (record.get("key") != settings.run_key() or record.get("changes") != _jsonable(grid[name])):
+            if record and (record.get("key") != settings.run_key() or record.get("changes") != _jsonable(grid[name])
+                           or not RUN_FIELDS <= set(record)):  # another setting's, or damaged: run it again
                 record = None
         if record is None:
             began = time.perf_counter()
