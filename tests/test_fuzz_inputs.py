@@ -113,7 +113,7 @@ def test_every_numeric_flag_is_declared():
     undeclared = [f"{cmd} {flag}" for cmd, flag in NUMERIC_FLAGS if not isinstance(getattr(_action(cmd, flag).type, "range", None), Range)]
     assert not undeclared, undeclared
     assert {cmd for cmd, _ in NUMERIC_FLAGS} == {"train", "evaluate", "trace", "attach", "curves", "compare", "bench",
-                                                  "bench-memory", "study"}
+                                                  "bench-memory", "study", "search"}
 
 
 @pytest.mark.parametrize("cmd, flag", NUMERIC_FLAGS, ids=[f"{c} {f}" for c, f in NUMERIC_FLAGS])
