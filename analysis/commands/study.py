@@ -536,7 +536,7 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
         " --data-dir <GLUE folder>" if words.glue else f" --data-dir {data_dir}" if data_dir else "")
     data_flags += "".join(f" --text-column {c}" for c in settings.text_columns or ()) + (
         f" --label-column {settings.label_column}" if settings.label_column is not None else "")
-    command = (f"python -m analysis study{data_flags} --work {work} --out {out} "
+    command = (f"python -m analysis study{data_flags} --work {work} --out {out}"
                + "".join(f" --define {name} {setting_name(dict(changes))}" for name, changes in settings.defined
                          if name in variants)
                + f" --variants {','.join(variants)} --seeds {n_seeds}"
@@ -620,11 +620,12 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
                   ("reported split", split_text),
                   ("λ for DE3", f"chosen by AUC on each seed's validation trace (never on {d})"),
                   ("hardware", f"{cpu}, {os.cpu_count()} cores, CPU only, {settings.threads_per_run} torch thread(s) per "
-                   f"training run, {settings.parallel} runs side by side"),
+                   f"training run, {settings.parallel} runs side by side in this invocation"),
                   ("software", f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}"),
                   ("training time", "; ".join(f"{v}: " + ", ".join(_minutes(seconds.get(run_name(v, s, settings)))
                                                                   for s in seeds) + " min" for v in variants)
-                   + (" (seeds in the order above)" if n_seeds > 1 else "")),
+                   + (" (seeds in the order above)" if n_seeds > 1 else "")
+                   + "; wall-clock, each run sharing the cores with whatever ran beside it when it was trained"),
                   ("run time", run_time),
               ], columns=["", ""])), ""]
 
