@@ -333,7 +333,8 @@ def summarise(runs: dict[str, list[dict]]) -> pd.DataFrame:
         row = {"setting": name, "changes": records[0]["changes"], "factor": factor_of(records[0]["changes"]) or
                ("reference" if name == "default" else "combined"), "n": len(records),
                "lambdas": [r["lambda"] for r in records], "seconds": float(np.mean([r["seconds"] for r in records])),
-               "total_seconds": float(sum(r.get("wall_seconds", r["seconds"]) for r in records))}
+               "total_seconds": float(sum(r.get("wall_seconds", r["seconds"]) for r in records)),
+               "untimed": sum("wall_seconds" not in r for r in records)}
         for s in SPEEDUPS:
             row[f"diff_{s:g}"] = seed_interval([_nan(r["vs"][str(s)]["diff"]) for r in records])
             words = [VERDICTS[r["vs"][str(s)]["verdict"]] for r in records]
@@ -517,8 +518,9 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
                           + f" / {val_rows:,} validation / {test_rows:,} {words.adj}"},
         {"": "settings × seeds", " ": f"{len(summary)} × {n_seeds}; a run's heads train and score in "
                                       f"{summary['seconds'].mean():.0f} s on average"},
-        {"": "compute", " ": f"the runs: {summary['total_seconds'].sum() / 60:.1f} min in all, each timed when it ran "
-                            "(runs saved before wall times were kept count their training and scoring only); the cache: "
+        {"": "compute", " ": f"the runs: {summary['total_seconds'].sum() / 60:.1f} min in all, each timed when it ran"
+                            + (f" ({int(summary['untimed'].sum())} runs saved before wall times were kept count their "
+                               "training and scoring only)" if summary["untimed"].sum() else "") + "; the cache: "
                             + ("not recorded" if math.isnan(cache.seconds) else f"{cache.seconds:.0f} s")},
         {"": "hardware", " ": f"{_cpu_name()}, {_cores()} cores, device {device}"},
         {"": "software", " ": f"torch {torch.__version__}, Python {platform.python_version()}"},
@@ -618,6 +620,7 @@ def cmd_search(args) -> int:
                 ("--all-train-rows", "" if args.all_train_rows else None),
                 ("--epochs", args.epochs if args.epochs != DEFAULT_EPOCHS else None),
                 ("--seeds", args.seeds if args.seeds != SearchSettings.seeds else None),
+                ("--only", args.only), ("--no-combined", "" if args.no_combined else None),
                 ("--work", work), ("--out", out)) if value is not None)
         text = report(summary, settings, cache, out, command=command, seconds=time.perf_counter() - start,
                       device=device)
