@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..attach import ATTACH_TRAIN_DEFAULTS
+from ..config import TrainConfig
 from ..data import spec_kind
 from ..errors import DE3Error, one_line
 from ..io import atomic_file, check_writable, claim_output, read_json_object
@@ -57,7 +59,7 @@ FACTORS: dict[str, tuple[str, tuple]] = {
     "training length (epochs)": ("epochs", (3, 30)),
 }
 TRAIN_FIELDS = ("epochs",)  # the factors that set a TrainConfig field; the others set ModelConfig fields
-DEFAULT_EPOCHS = 10  # attach's default training length on cached vectors
+DEFAULT_EPOCHS = ATTACH_TRAIN_DEFAULTS["epochs"]  # attach's training length on cached vectors
 DEFAULT_MAX_TRAIN = 8000
 CACHE_VERSION = 1
 
@@ -72,7 +74,7 @@ class SearchSettings:
     max_length: int = 64
     pooling: str = "mean"
     epochs: int = DEFAULT_EPOCHS
-    batch_size: int = 128
+    batch_size: int = ATTACH_TRAIN_DEFAULTS["batch_size"]
     seed: int = 42
     seeds: int = 3
     n_boot: int = 1000
@@ -443,7 +445,7 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
              f"vector ({settings.pooling} pooling, max length {settings.max_length}) of {train_rows:,} training, "
              f"{val_rows:,} validation and {test_rows:,} {words.adj} {words.units} computed once, then each "
              f"setting's heads, prototypical networks and prototypes trained on those vectors ({settings.epochs} "
-             f"epochs unless the setting says otherwise, batch {settings.batch_size}, AdamW lr 1e-3, best epoch by "
+             f"epochs unless the setting says otherwise, batch {settings.batch_size}, AdamW lr {TrainConfig().lr_heads:g}, best epoch by "
              f"validation) with seeds {', '.join(map(str, settings.seed_list))} (initialisation, dropout, batch order; "
              "the rows are the same for every run). λ is chosen per run on the validation split (never on "
              f"{words.split}); the numbers are on {words.split_long} ({test_rows:,} {words.units}). "
