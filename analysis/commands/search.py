@@ -213,20 +213,18 @@ def _fresh(config, loaded):
 
 
 def _trace(model, vectors: np.ndarray, labels: np.ndarray, data, device):
-    """A trace of cached rows: every exit's logits and prototype distances, through the trace's own signal code."""
+    """A trace of cached rows: every exit's logits and prototype distances (attach's scoring of cached vectors),
+    through the trace's own signal code."""
     import torch
 
-    from ..attach import _exits
+    from ..attach import _batches
     from ..tracer import trace_from_outputs
 
-    logits, dists = [], []
     with torch.inference_mode():
-        for start in range(0, len(vectors), 4096):
-            out = _exits(model, torch.from_numpy(vectors[start : start + 4096]).to(device))
-            logits.append(out.logits.float().cpu())
-            dists.append(out.distances.float().cpu())
-    return trace_from_outputs(torch.cat(logits, 1).numpy(), torch.cat(dists, 1).numpy(), labels,
-                              label_names=list(data.label_names), metric=data.metric)
+        outs = list(_batches(model, vectors, device))
+    logits = torch.cat([o.logits.float().cpu() for o in outs], 1).numpy()
+    dists = torch.cat([o.distances.float().cpu() for o in outs], 1).numpy()
+    return trace_from_outputs(logits, dists, labels, label_names=list(data.label_names), metric=data.metric)
 
 
 def run_setting(cache: Cache, settings: SearchSettings, changes: dict, seed: int, device) -> dict:
