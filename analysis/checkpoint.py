@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .backbones import load_tokenizer
-from .config import BEFORE_FIELD, ModelConfig
+from .config import ModelConfig, as_saved
 from .errors import CheckpointError, DE3Error, one_line, shorten
 from .io import atomic_dir, os_errors, path_kind, read_json_object
 from .model import DE3Bert
@@ -160,7 +160,7 @@ def load_model(folder: str | Path, *, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}; copy the whole checkpoint folder again or re-train it")
     saved = raw.pop("de3")
     if isinstance(saved, dict):
-        saved = {**BEFORE_FIELD, **saved}  # a field the checkpoint predates means what it meant then
+        saved = as_saved(saved)  # a field the checkpoint predates means what it meant then
     config = ModelConfig.from_dict(saved, source=str(folder / CONFIG_FILE))
     model_type = raw.pop("model_type", None)
     if not isinstance(model_type, str):

@@ -14,6 +14,12 @@ DAR_FORMS = ("proto_ce", "ratio", "margin")
 PROTO_INPUTS = ("pooler", "pooled")  # what the prototypical network reads: the exit's pooler output, or its input
 # What a checkpoint saved before a field existed meant by leaving it out (not the field's default now, which may differ)
 BEFORE_FIELD = {"proto_input": "pooler"}
+
+
+def as_saved(fields: dict) -> dict:
+    """A saved ModelConfig's fields (config.json's "de3") with the ones it predates filled in as ``BEFORE_FIELD``."""
+    return {**BEFORE_FIELD, **fields}
+
 FINAL_HEADS = ("tanh", "gelu", "relu")  # the pooler activation of a fine-tuned classifier's own head (attach)
 
 

@@ -25,7 +25,6 @@ The frozen backbone is not the end-to-end model: what the search finds is confir
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -45,8 +44,8 @@ from ..data import spec_kind
 from ..errors import DE3Error, one_line
 from ..io import atomic_file, check_writable, claim_output, read_json_object
 from ..validate import RUN, TRAIN, flag
-from .study import (SPEEDUPS, VERDICTS, _fmt, _fmt_interval, _md_table, data_words, seed_interval, setting_name,
-                    short_name)
+from .study import (SPEEDUPS, VERDICTS, _fmt, _fmt_interval, _md_table, add_column_args, check_columns, data_words,
+                    seed_interval, setting_name, short_name)
 
 # factor -> (the field it sets, the levels tried besides the default); ModelConfig fields, "epochs" a TrainConfig one
 FACTORS: dict[str, tuple[str, tuple]] = {
@@ -425,6 +424,9 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
            seconds: float, device) -> str:
     import torch
 
+    from .bench import machine as describe_machine
+
+    machine = describe_machine()
     words = data_words(settings.data)
     rec = recommend(summary)
     base = summary.set_index("setting").loc["default"]
@@ -452,7 +454,7 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
              "Intervals: mean ± t(0.975, n − 1)·sd/√n over seeds. Verdicts: each seed's paired bootstrap "
              f"({settings.n_boot:,} resamples of the {words.units}; better / worse when its 95 % interval excludes 0).",
              "",
-             f"Settings: the spec's defaults (`default`), one change at a time from them, and `combined` (every "
+             "Settings: the spec's defaults (`default`), one change at a time from them, and `combined` (every "
              "factor's best level that beat the default's margin, together).", "",
              "## Every setting, best AUC margin first", "",
              f"![margin by setting]({out.with_suffix('.png').name})", ""]
@@ -522,7 +524,7 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
                             + (f" ({int(summary['untimed'].sum())} runs saved before wall times were kept count their "
                                "training and scoring only)" if summary["untimed"].sum() else "") + "; the cache: "
                             + ("not recorded" if math.isnan(cache.seconds) else f"{cache.seconds:.0f} s")},
-        {"": "hardware", " ": f"{_cpu_name()}, {_cores()} cores, device {device}"},
+        {"": "hardware", " ": f"{machine['cpu']}, {machine['cpu_count']} cores, device {device}"},
         {"": "software", " ": f"torch {torch.__version__}, Python {platform.python_version()}"},
         {"": "run time", " ": f"{seconds / 60:.1f} min from this command's start to this report (saved runs and "
                              "the cache are reused when they match)"},
@@ -530,37 +532,17 @@ def report(summary: pd.DataFrame, settings: SearchSettings, cache: Cache, out: P
     return "\n".join(lines)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 # ---- the command -------------------------------------------------------------------------------------------------
 
 
 def register(subparsers) -> None:
-    from .checkpoints import _column
-
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser("search", help="which DE3 settings make the distance help: exits on a frozen backbone, "
                               "many settings x seeds, in minutes", formatter_class=fmt,
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=SearchSettings.data, help="glue/<task> (with --data-dir), bbc, or a labelled file")
     p.add_argument("--data-dir", help="for glue/<task>: a folder in GLUE's TSV layout (e.g. ../shared/data/glue)")
-    p.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
-                   help="data files: text column by name or 0-based index; twice for sentence pairs")
-    p.add_argument("--label-column", type=_column, metavar="COL", help="data files: label column by name or index")
+    add_column_args(p)
     p.add_argument("--model", default=SearchSettings.model, help="the frozen model: minilm-l6, a folder or a hub id")
     p.add_argument("--work", help="folder for the cache and the runs (unset: runs/search-<name of --data>)")
     p.add_argument("--out", help="Markdown report, figure beside it (unset: docs/results/<name>-search.md)")
@@ -578,8 +560,7 @@ def register(subparsers) -> None:
 def cmd_search(args) -> int:
     from ..backbones import pick_device
 
-    if spec_kind(args.data) != "file" and (args.text_columns or args.label_column is not None):
-        raise DE3Error(f"--text-column and --label-column apply only to data files, not to --data {args.data}")
+    check_columns(args.data, args.text_columns, args.label_column)
     settings = SearchSettings(data=args.data, model=args.model,
                               text_columns=tuple(args.text_columns) if args.text_columns else None,
                               label_column=args.label_column,

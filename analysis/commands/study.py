@@ -202,8 +202,11 @@ def _is_trained(folder: Path, settings: StudySettings, overrides: dict, seed: in
         config = config["de3"]
     except (DE3Error, KeyError):
         return False
-    from ..config import ModelConfig
+    from ..config import ModelConfig, as_saved
 
+    if not isinstance(config, dict):
+        return False
+    config = as_saved(config)  # a field the checkpoint predates: the value it was trained with
     default = ModelConfig()
     want = {**{k: getattr(default, k) for k in VARIANT_FIELDS}, **overrides}
     return (all(config.get(k, getattr(default, k)) == v for k, v in want.items()) and config.get("max_length") == settings.max_length
@@ -586,11 +589,9 @@ def analyse(work: Path, variants: list[str], settings: StudySettings, seconds: d
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from .bench import machine
+
+    cpu = machine()["cpu"]
     if settings.data == StudySettings.data:  # the counts of GLUE SST-2 itself
         train_text = ("GLUE SST-2 train minus a 2,000-sentence validation slice"
                       + (f", subset of {settings.max_train_samples:,}" if settings.max_train_samples else " (65,349 sentences)"))
@@ -844,9 +845,25 @@ def _findings(comparisons: dict, main: str, boot_rows: list, diag: pd.DataFrame,
     return out
 
 
+def add_column_args(p) -> None:
+    """``--text-column`` / ``--label-column`` of a command that reads any data spec (study, search)."""
+    from .checkpoints import _column
+
+    p.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
+                   help="data files: text column by name or 0-based index; twice for sentence pairs (unset: the "
+                        "loader's choice, text, sentence or sentence1)")
+    p.add_argument("--label-column", type=_column, metavar="COL",
+                   help="data files: label column by name or 0-based index (unset: label, labels, target or class)")
+
+
+def check_columns(spec: str, text_columns, label_column) -> None:
+    """Columns name a data file's; for ``bbc`` or ``glue/<task>`` they are refused, not ignored."""
+    if spec_kind(spec) != "file" and (text_columns or label_column is not None):
+        raise DE3Error(f"--text-column and --label-column apply only to data files, not to --data {spec}")
+
+
 def register(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    from .checkpoints import _column
 
     p = subparsers.add_parser("study", help="the study (default GLUE SST-2): train variants, trace, compare, write "
                               "docs/results/<data>.md", formatter_class=fmt, description=__doc__.split("\n\n")[0])
@@ -855,11 +872,7 @@ def register(subparsers) -> None:
                         "CSV/TSV/Parquet/JSONL file (split 80/10/10 with each seed; test = its held-out 10 %%)")
     p.add_argument("--data-dir", help="for glue/<task> (required): a folder in GLUE's TSV layout holding e.g. SST-2/; "
                                       "for a data file: the folder its relative path starts from")
-    p.add_argument("--text-column", action="append", type=_column, dest="text_columns", metavar="COL",
-                   help="data files: text column by name or 0-based index; twice for sentence pairs (unset: the "
-                        "loader's choice, text, sentence or sentence1)")
-    p.add_argument("--label-column", type=_column, metavar="COL",
-                   help="data files: label column by name or 0-based index (unset: label, labels, target or class)")
+    add_column_args(p)
     p.add_argument("--work", help="folder for the checkpoints and traces (unset: runs/study-<name of --data>, "
                                   "e.g. runs/study-sst2)")
     p.add_argument("--out", help="Markdown report to write, plot beside it (unset: docs/results/<name of --data>.md, "
@@ -895,8 +908,7 @@ def cmd_study(args) -> int:
     data_dir = getattr(args, "data_dir", None)
     text_columns, label_column = getattr(args, "text_columns", None), getattr(args, "label_column", None)
     kind = spec_kind(spec)
-    if kind != "file" and (text_columns or label_column is not None):
-        raise DE3Error(f"--text-column and --label-column apply only to data files, not to --data {spec}")
+    check_columns(spec, text_columns, label_column)
     if kind == "glue":
         from ..data.sources import glue_task
 
